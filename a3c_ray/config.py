@@ -1,0 +1,427 @@
+"""One frozen, validated configuration for a run.
+
+Every setting lives in ``ray_config.yaml``; command-line flags override it. The
+resolved config is validated as a whole (types, ranges, cross-field rules) before
+Ray starts, and every error is one line that names the key and says how to fix it.
+Field documentation is kept in each dataclass field's ``metadata["doc"]`` so that
+``--help``, the YAML file and error messages draw from one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "ray_config.yaml"
+
+#: The seed's five games. Preset name -> (ALE rom id, the seed's action subset
+#: size). The seed maps agent action i to ALE action i+1 (it drops NOOP).
+GAME_PRESETS: dict[str, tuple[str, int]] = {
+    "breakout": ("breakout", 3),
+    "spaceinvaders": ("space_invaders", 5),
+    "pong": ("pong", 5),
+    "assault": ("assault", 6),
+    "beamrider": ("beam_rider", 8),
+}
+
+#: Small vector-observation tasks (an MLP is used) for fast tests and debugging.
+VECTOR_ENVS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "LunarLander-v3")
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names the key and the fix, on one line."""
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    """A dataclass field with its documentation attached."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    id: str = _f("breakout", "Game: a seed preset (breakout, pong, spaceinvaders, assault, "
+                 "beamrider), any ALE rom name (e.g. ms_pacman, 'ALE/MsPacman-v5'), or a "
+                 "vector-observation gymnasium env (CartPole-v1) that uses the MLP.")
+    action_set: str = _f("minimal", "'minimal': the game's minimal ALE action set; 'seed': "
+                         "the seed's subset (agent action i -> ALE action i+1, no NOOP).",
+                         choices=("minimal", "seed"))
+    frame_skip: int = _f(4, "Emulator frames per agent step (max-pooled over the last two).",
+                         min=1, max=16)
+    frame_stack: int = _f(4, "Frames stacked into one observation.", min=1, max=16)
+    screen_size: int = _f(84, "Observation height and width in pixels (greyscale).",
+                          min=16, max=210)
+    noop_max: int = _f(30, "Up to this many no-op actions at each reset (random starts).",
+                       min=0, max=1000)
+    fire_reset: bool = _f(True, "Press FIRE at reset and after a lost life in games that "
+                          "need it to start (Breakout, BeamRider, ...).")
+    terminal_on_life_loss: bool = _f(True, "Treat a lost life as the end of the return "
+                                     "(no bootstrap across it); the game itself goes on.")
+    reward_clip: float = _f(1.0, "Training rewards are clipped to [-x, x]; 0 disables. The "
+                            "true score is always what is reported.", min=0.0)
+    repeat_action_probability: float = _f(0.0, "Sticky actions (0.25 in the ALE v5 protocol; "
+                                          "0 as in the seed and the A3C paper).", min=0.0, max=1.0)
+    max_episode_frames: int = _f(108000, "Episode truncated after this many emulator frames "
+                                 "(30 minutes of play).", min=100)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _f("separate", "'separate': the seed's two networks (actor and critic, each "
+                   "Conv32 8x8/4, Conv64 4x4/2, Dense 512); 'shared': one torso, two heads.",
+                   choices=("separate", "shared"))
+    hidden_units: int = _f(512, "Units of the dense layer after the convolutions.", min=1)
+    mlp_hidden_units: list = _f([64, 64], "Hidden layer sizes of the MLP used for "
+                                "vector-observation envs.")
+    precision: str = _f("float32", "'float32' or 'mixed_bfloat16' (Keras mixed precision; "
+                        "pays on CPUs with AMX/AVX512-BF16).",
+                        choices=("float32", "mixed_bfloat16"))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    discount: float = _f(0.99, "Discount factor gamma.", min=0.0, max=1.0)
+    t_max: int = _f(20, "Steps per segment in each env before a gradient is computed.",
+                    min=1, max=10000)
+    envs_per_worker: int = _f(8, "Environments each rollout worker steps together "
+                              "(inference is batched over them).", min=1, max=1024)
+    entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
+    value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
+    grad_clip_norm: float = _f(40.0, "Gradients are clipped to this global norm (0 = off).",
+                               min=0.0)
+    lr: float = _f(1e-3, "Base learning rate of Adam.", min=0.0, max=1.0)
+    lr_schedule: str = _f("seed_log", "'seed_log': lr / log10(0.01 * episodes + 10) driven by "
+                          "the global episode count (the seed's schedule); 'constant'.",
+                          choices=("seed_log", "constant"))
+    adam_epsilon: float = _f(1e-7, "Adam epsilon.", min=0.0)
+    max_policy_lag: int = _f(0, "Gradients computed from weights more than this many "
+                             "versions old are dropped and counted (0 = no bound).", min=0)
+    total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "
+                              "(one step = frame_skip frames); 0 = no limit.", min=0)
+    total_episodes: int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)
+    time_limit_minutes: float = _f(0.0, "Stop after this much wall-clock time; 0 = no limit.",
+                                   min=0.0)
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    num_workers: Union[int, str] = _f("auto", "Rollout-worker actors; 'auto' = one per CPU "
+                                      "the Ray cluster has (divided by cpus_per_worker).")
+    cpus_per_worker: float = _f(1.0, "CPUs Ray reserves for each rollout worker; TF thread "
+                                "pools are sized to it.", min=0.0)
+    ps_cpus: float = _f(0.0, "CPUs Ray reserves for the parameter server (0 lets it share "
+                        "cores with workers, best on small machines).", min=0.0)
+    ps_resources: dict = _f({}, "Custom Ray resources the parameter server requires, e.g. "
+                            "{ps_node: 1} to pin it to a node started with that resource.")
+    mode: str = _f("ray", "'ray': actors in a Ray cluster; 'serial': everything in one "
+                   "process, same code (debugging, fast tests).", choices=("ray", "serial"))
+    max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
+                           min=-1)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    interval_minutes: float = _f(10.0, "Write a checkpoint this often (and always at the end).",
+                                 min=0.0)
+    keep: int = _f(3, "Number of most recent checkpoints kept.", min=1, max=1000)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    run_dir: Optional[str] = _f(None, "Run directory; default runs/<game>-<timestamp>.")
+    runs_root: str = _f("runs", "Parent directory of default run directories.")
+    console_interval_seconds: float = _f(10.0, "Seconds between console status lines.",
+                                         min=0.1)
+    console: str = _f("line", "'line': a status line each interval; 'quiet': none; 'json': the "
+                      "status as one JSON object per line.", choices=("line", "quiet", "json"))
+    tensorboard: bool = _f(True, "Write TensorBoard summaries under RUN_DIR/tb.")
+    score_window: int = _f(100, "Episodes in the moving-average score.", min=1)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: Optional[str] = _f(None, "Ray cluster address ('auto' or host:port); None starts "
+                                "an embedded local Ray sized to this machine (RAY_ADDRESS "
+                                "also selects a cluster).")
+    namespace: Optional[str] = _f(None, "Ray namespace; default a3c-<run name>.")
+    include_dashboard: bool = _f(True, "Start the Ray dashboard with a local Ray.")
+    dashboard_host: str = _f("127.0.0.1", "Dashboard bind address (keep it on localhost; "
+                             "reach it through an SSH tunnel).")
+    dashboard_port: int = _f(8265, "Dashboard port.", min=1, max=65535)
+    metrics_export_port: Optional[int] = _f(None, "Fixed port of the node's Prometheus "
+                                            "metrics endpoint (local Ray only).", min=1, max=65535)
+    num_cpus: Optional[int] = _f(None, "CPUs of a local Ray; default all of this machine's.",
+                                 min=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    seed: int = _f(0, "Base random seed; worker i uses seed + 1000 * i.", min=0)
+
+    # ---- derived facts (not settings) -------------------------------------
+    @property
+    def is_atari(self) -> bool:
+        return resolve_game(self.env.id)[0] == "atari"
+
+    @property
+    def frames_per_step(self) -> int:
+        """Emulator frames per agent step (frame_skip for Atari, 1 otherwise)."""
+        return self.env.frame_skip if self.is_atari else 1
+
+    @property
+    def game_name(self) -> str:
+        return resolve_game(self.env.id)[1]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "seed"}
+_SECTION_CLASSES = {
+    "env": EnvConfig, "model": ModelConfig, "training": TrainingConfig,
+    "workers": WorkersConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig,
+    "ray": RayConfig,
+}
+
+
+def resolve_game(env_id: str) -> tuple[str, str]:
+    """('atari', rom) or ('vector', gym id) for an env id; raises ConfigError if unknown."""
+    key = env_id.strip()
+    if key.lower() in GAME_PRESETS:
+        return "atari", GAME_PRESETS[key.lower()][0]
+    if key in VECTOR_ENVS:
+        return "vector", key
+    rom = key
+    if rom.startswith("ALE/"):
+        rom = rom[4:].rsplit("-v", 1)[0]
+    rom = _snake(rom)
+    from ale_py import roms  # local import: config must stay cheap to import
+
+    if rom in roms.get_all_rom_ids():
+        return "atari", rom
+    raise ConfigError(
+        f"env.id: unknown game {env_id!r}; use a preset ({', '.join(GAME_PRESETS)}), "
+        f"an ALE rom name such as 'ms_pacman', or one of {', '.join(VECTOR_ENVS)}"
+    )
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and (name[i - 1].islower() or name[i - 1].isdigit()):
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out).replace("-", "_")
+
+
+# ---- loading ---------------------------------------------------------------
+
+def load_yaml(path: Union[str, Path]) -> dict:
+    """Read a YAML mapping with the safe loader."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file {str(p)!r} not found; pass an existing YAML file "
+                          "(the default is ray_config.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p.name}: not valid YAML{where}; fix the syntax "
+                          f"({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p.name}: the top level must be a mapping of sections "
+                          f"({', '.join([*SECTIONS, 'seed'])}), not {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'section.key=value' -> ('section.key', parsed YAML scalar)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: use section.key=value, e.g. training.lr=0.0005")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Return a copy of the raw mapping with dotted-key overrides set."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in overrides.items():
+        if dotted == "seed":
+            out["seed"] = value
+            continue
+        section, _, key = dotted.partition(".")
+        if not key or "." in key:
+            raise ConfigError(f"{dotted}: use section.key, e.g. training.lr")
+        sec = out.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{section}: must be a mapping of settings")
+        sec[key] = value
+    return out
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    """Build and validate a Config from a raw mapping; unknown keys are errors."""
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name == "seed":
+            continue
+        if name not in _SECTION_CLASSES:
+            raise ConfigError(f"{source}: unknown section {name!r}; valid sections are "
+                              f"{', '.join([*_SECTION_CLASSES, 'seed'])}")
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: must be a mapping of settings, got "
+                              f"{type(value).__name__}")
+        sections[name] = _build_section(name, _SECTION_CLASSES[name], value)
+    seed = _coerce("seed", dataclasses.fields(Config)[-1], data.get("seed", 0))
+    cfg = Config(**sections, seed=seed)
+    validate(cfg)
+    return cfg
+
+
+def _build_section(name: str, cls: type, values: dict) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = [k for k in fields if k.startswith(str(key)[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{name}.{key}: unknown key{hint}; valid keys are "
+                              f"{', '.join(fields)}")
+        kwargs[key] = _coerce(f"{name}.{key}", fields[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """Check one value's type and range; ints are accepted where floats are expected."""
+    text = str(f.type)  # a string: annotations are postponed
+    meta = f.metadata
+    optional = "Optional" in text or "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: must be set (default {f.default!r}); remove the key to use "
+                          "the default")
+    if "Union[int, str]" in text or "int | str" in text:  # num_workers
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"{key}: must be >= 1 or 'auto', got {value}")
+            return value
+        raise ConfigError(f"{key}: must be a positive integer or 'auto', got {value!r}")
+    base = text.replace("Optional[", "").rstrip("]")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        value = float(value)
+    elif base == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+    elif base == "list":
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ConfigError(f"{key}: must be a list of positive integers, got {value!r}")
+    elif base == "dict":
+        if not isinstance(value, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+            raise ConfigError(f"{key}: must be a mapping of resource name to amount, "
+                              f"got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}: must be one of {', '.join(map(repr, meta['choices']))}, "
+                          f"got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{key}: must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key}: must be <= {meta['max']}, got {value!r}")
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{key}: must be a number, got NaN")
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks, in one place."""
+    kind, _ = resolve_game(cfg.env.id)
+    t = cfg.training
+    if t.total_env_steps == 0 and t.total_episodes == 0 and t.time_limit_minutes == 0:
+        raise ConfigError("training: no stop condition; set training.total_env_steps, "
+                          "training.total_episodes or training.time_limit_minutes above 0")
+    if kind == "atari":
+        if cfg.env.action_set == "seed" and cfg.env.id.lower() not in GAME_PRESETS:
+            raise ConfigError(f"env.action_set: 'seed' exists only for the seed's games "
+                              f"({', '.join(GAME_PRESETS)}); use 'minimal' for {cfg.env.id!r}")
+    elif cfg.env.action_set == "seed":
+        raise ConfigError(f"env.action_set: 'seed' applies to Atari games only; use "
+                          f"'minimal' for {cfg.env.id}")
+    if cfg.workers.mode == "serial" and cfg.ray.address:
+        raise ConfigError("workers.mode: 'serial' runs without Ray; drop --address or use "
+                          "workers.mode=ray")
+
+
+def load_config(path: Union[str, Path, None] = None,
+                overrides: Optional[dict[str, Any]] = None) -> Config:
+    """Load ray_config.yaml (or `path`), apply dotted overrides, validate."""
+    p = Path(path) if path else DEFAULT_CONFIG_PATH
+    data = load_yaml(p) if (path or p.is_file()) else {}
+    data = apply_overrides(data, overrides or {})
+    return from_dict(data, source=p.name)
+
+
+def save_config(cfg: Config, path: Union[str, Path]) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def field_docs() -> dict[str, str]:
+    """'section.key' -> documentation, for --help."""
+    out = {}
+    for name, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            out[f"{name}.{f.name}"] = f"{f.metadata['doc']} [default: {_default(f)!r}]"
+    out["seed"] = dataclasses.fields(Config)[-1].metadata["doc"]
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def config_json(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)

@@ -1,0 +1,365 @@
+"""The driver: ``python -m a3c_ray.driver``.
+
+Resolves and validates the config (before Ray starts), prepares the run
+directory, starts or joins Ray, creates the parameter server and the rollout
+workers, and runs the asynchronous loop of DESIGN.md:
+
+    ready = wait(any worker's segment)            # small stats only
+    weights = ps.apply_gradients(its gradient)    # a reference, never the arrays
+    that worker.compute_gradients(weights)        # it syncs and plays on
+
+with periodic checkpoints, progress output, and a final checkpoint on stop,
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import (Config, ConfigError, apply_overrides, field_docs, from_dict, load_yaml,
+                     parse_override, resolve_game, save_config, DEFAULT_CONFIG_PATH)
+
+EXIT_CONFIG = 2
+
+
+class RunError(RuntimeError):
+    """A problem found before training starts; the message names it and the fix."""
+
+
+# ---- command line -------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    docs = "\n".join(f"  {k:34s} {v}" for k, v in field_docs().items())
+    p = argparse.ArgumentParser(
+        prog="python -m a3c_ray.driver",
+        description="Train an A3C agent with a Ray parameter server and rollout workers. "
+                    "Settings come from ray_config.yaml; flags override it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set any with --set section.key=value):\n" + docs)
+    p.add_argument("--config", metavar="FILE", help="YAML config file (default: the "
+                   "project's ray_config.yaml)")
+    p.add_argument("--env", metavar="GAME", help="game: breakout, pong, spaceinvaders, "
+                   "assault, beamrider, any ALE rom name, or CartPole-v1 (env.id)")
+    p.add_argument("--workers", metavar="N", help="number of rollout workers or 'auto' "
+                   "(workers.num_workers)")
+    p.add_argument("--total-steps", metavar="N", type=_int_arg("--total-steps"),
+                   help="stop after N env steps (training.total_env_steps)")
+    p.add_argument("--time-limit", metavar="MIN", type=_float_arg("--time-limit"),
+                   help="stop after MIN minutes (training.time_limit_minutes)")
+    p.add_argument("--seed", type=_int_arg("--seed"), help="base random seed (seed)")
+    p.add_argument("--run-dir", metavar="DIR", help="run directory (default "
+                   "runs/<game>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
+                   "latest checkpoint (its saved config is the base; flags still override)")
+    p.add_argument("--address", metavar="ADDR", help="join a Ray cluster ('auto' or "
+                   "host:port); default: RAY_ADDRESS if set, else start a local Ray")
+    p.add_argument("--serial", action="store_true", help="run PS and workers in this process "
+                   "without Ray (debugging)")
+    p.add_argument("--console", choices=("line", "quiet", "json"),
+                   help="console output (logging.console)")
+    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   help="override any config key, e.g. --set training.lr=0.0005 (repeatable)")
+    return p
+
+
+def _int_arg(flag: str):
+    def conv(s: str) -> int:
+        try:
+            return int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {s!r}") from None
+    return conv
+
+
+def _float_arg(flag: str):
+    def conv(s: str) -> float:
+        try:
+            return float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {s!r}") from None
+    return conv
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """File (or the resumed run's saved config) + flags -> validated Config."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no "
+                              "config.yaml); pass a directory made by a3c_ray.driver")
+        base = load_yaml(args.config) if args.config else load_yaml(run_dir / "config.yaml")
+    else:
+        base = load_yaml(args.config or DEFAULT_CONFIG_PATH)
+    ov: dict[str, Any] = {}
+    for text in args.set:
+        k, v = parse_override(text)
+        ov[k] = v
+    if args.env is not None:
+        ov["env.id"] = args.env
+    if args.workers is not None:
+        ov["workers.num_workers"] = "auto" if args.workers == "auto" else _workers(args.workers)
+    if args.total_steps is not None:
+        ov["training.total_env_steps"] = args.total_steps
+    if args.time_limit is not None:
+        ov["training.time_limit_minutes"] = args.time_limit
+    if args.seed is not None:
+        ov["seed"] = args.seed
+    if args.run_dir is not None:
+        ov["logging.run_dir"] = args.run_dir
+    if args.resume:
+        ov["logging.run_dir"] = str(args.resume)
+    if args.address is not None:
+        ov["ray.address"] = args.address
+    if args.serial:
+        ov["workers.mode"] = "serial"
+    if args.console is not None:
+        ov["logging.console"] = args.console
+    return from_dict(apply_overrides(base, ov), source=Path(args.config or "ray_config.yaml").name)
+
+
+def _workers(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise ConfigError(f"--workers: must be a positive integer or 'auto', got {s!r}") from None
+
+
+# ---- run directory -------------------------------------------------------------
+
+def prepare_run_dir(cfg: Config, resume: bool) -> Path:
+    if cfg.logging.run_dir:
+        run_dir = Path(cfg.logging.run_dir)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.logging.runs_root) / f"{cfg.env.id.replace('/', '_')}-{stamp}"
+    ckpt = run_dir / "checkpoints"
+    has_ckpt = (ckpt / "checkpoint").is_file()
+    if resume and not has_ckpt:
+        raise RunError(f"--resume: {run_dir} has no checkpoint yet; start it anew with "
+                       f"--run-dir {run_dir} (after removing it) or resume another run")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"--run-dir: {run_dir} already holds a run; pass --resume {run_dir} "
+                       "to continue it, or choose a new --run-dir")
+    ckpt.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+# ---- Ray -----------------------------------------------------------------------
+
+def start_ray(cfg: Config, run_name: str) -> None:
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    namespace = cfg.ray.namespace or f"a3c-{run_name}"
+    env_vars = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    if address:
+        try:
+            ray.init(address=address, namespace=namespace, log_to_driver=True,
+                     runtime_env={"env_vars": env_vars}, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RunError(f"--address: cannot reach a Ray cluster at {address!r} "
+                           f"({str(e).splitlines()[0][:160]}); check the address, or omit "
+                           "--address (and unset RAY_ADDRESS) to run locally") from None
+        return
+    kwargs: dict[str, Any] = dict(
+        num_cpus=cfg.ray.num_cpus or os.cpu_count(), namespace=namespace,
+        include_dashboard=cfg.ray.include_dashboard, dashboard_host=cfg.ray.dashboard_host,
+        dashboard_port=cfg.ray.dashboard_port, logging_level="WARNING",
+        runtime_env={"env_vars": env_vars})
+    if cfg.ray.metrics_export_port:
+        kwargs["_metrics_export_port"] = cfg.ray.metrics_export_port
+    ray.init(**kwargs)
+
+
+def num_workers(cfg: Config) -> int:
+    if cfg.workers.num_workers != "auto":
+        return int(cfg.workers.num_workers)
+    if cfg.workers.mode == "serial":
+        return 2
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1.0) - cfg.workers.ps_cpus
+    per = cfg.workers.cpus_per_worker or 1.0
+    return max(1, int(cpus // per))
+
+
+# ---- the loop ------------------------------------------------------------------
+
+class Trainer:
+    """The asynchronous A3C loop over a backend (Ray or serial)."""
+
+    def __init__(self, cfg: Config, backend, reporter, n_workers: int):
+        self.cfg, self.backend, self.reporter = cfg, backend, reporter
+        self.n_workers = n_workers
+        self.stop_reason: Optional[str] = None
+        self._failures = [0] * n_workers
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def _should_stop(self, t_start: float) -> Optional[str]:
+        t, r = self.cfg.training, self.reporter
+        if self.stop_reason:
+            return self.stop_reason
+        if t.total_env_steps and r.env_steps >= t.total_env_steps:
+            return "total_env_steps reached"
+        if t.total_episodes and r.episodes >= t.total_episodes:
+            return "total_episodes reached"
+        if t.time_limit_minutes and time.time() - t_start >= t.time_limit_minutes * 60:
+            return "time limit reached"
+        return None
+
+    def run(self) -> str:
+        b, r = self.backend, self.reporter
+        weights = b.initial_weights()
+        for i in range(self.n_workers):
+            b.submit(i, weights)
+        t_start = last_ckpt = time.time()
+        interval = self.cfg.checkpoint.interval_minutes * 60
+        while True:
+            reason = self._should_stop(t_start)
+            if reason:
+                break
+            for i, grads, stats, err in b.wait(timeout=0.5):
+                if err is not None:
+                    weights = self._worker_failed(i, err, weights)
+                    continue
+                self._failures[i] = 0
+                meta = {"version": stats["version"], "env_steps": stats["env_steps"],
+                        "episodes": len(stats["episodes"]), "worker": i}
+                weights = b.apply(grads, meta)
+                b.submit(i, weights)
+                r.segment(stats)
+            r.tick()
+            if interval and time.time() - last_ckpt >= interval:
+                self.checkpoint()
+                last_ckpt = time.time()
+        return reason
+
+    def _worker_failed(self, i: int, err: str, weights: Any) -> Any:
+        """Drop the failed segment; resubmit (Ray restarts a dead actor)."""
+        self._failures[i] += 1
+        self.reporter.event("worker_failed", worker=i, error=err, count=self._failures[i])
+        print(f"worker {i} failed ({err}); its segment is dropped, retrying", file=sys.stderr)
+        if self._failures[i] > 20:
+            raise RuntimeError(f"worker {i} failed 20 times in a row; last error: {err}")
+        time.sleep(min(0.1 * self._failures[i], 2.0))
+        self.backend.submit(i, weights)
+        return weights
+
+    def checkpoint(self) -> str:
+        path = self.backend.checkpoint({"reporter": {"env_steps": self.reporter.env_steps,
+                                                     "episodes": self.reporter.episodes}})
+        self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps)
+        return path
+
+
+def train(cfg: Config, resume: bool = False, stream=None) -> dict:
+    """Run training to a stop condition; returns a summary dict."""
+    from .envs import EnvBatch
+    from .metrics import Reporter
+
+    run_dir = prepare_run_dir(cfg, resume)
+    cfg = cfg.replace(logging=cfg.logging.__class__(
+        **{**cfg.logging.__dict__, "run_dir": str(run_dir)}))
+    if not resume:
+        save_config(cfg, run_dir / "config.yaml")
+    ckpt_dir = str((run_dir / "checkpoints").resolve())
+    if resume:
+        _check_resume(cfg, ckpt_dir)
+    probe = EnvBatch(cfg, 1, cfg.seed)  # fails fast on a bad game, gives the shapes
+    obs_shape, n_actions = probe.obs_shape, probe.n_actions
+    probe.close()
+
+    if cfg.workers.mode == "serial":
+        from .remote import SerialBackend
+
+        n = num_workers(cfg)
+        backend = SerialBackend(cfg, obs_shape, n_actions, ckpt_dir, n)
+    else:
+        from .remote import RayBackend
+
+        start_ray(cfg, run_dir.name)
+        n = num_workers(cfg)
+        backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n)
+    start = backend.status()
+    reporter = Reporter(cfg, run_dir, start, stream=stream)
+    reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
+        "version", "env_steps", "episodes", "updates")}, pid=os.getpid())
+    if cfg.logging.console != "quiet":
+        print(f"a3c_ray: {cfg.env.id} | {n} workers x {cfg.training.envs_per_worker} envs | "
+              f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
+              f"| run dir {run_dir}", file=reporter.stream, flush=True)
+    trainer = Trainer(cfg, backend, reporter, n)
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda signum, _f: trainer.request_stop(signal.Signals(signum).name))
+    try:
+        reason = trainer.run()
+        path = trainer.checkpoint()
+        final = backend.status()
+        reporter.tick(force=True)
+        summary = {"run_dir": str(run_dir), "stop_reason": reason, "checkpoint": str(path),
+                   **{k: final[k] for k in ("version", "env_steps", "episodes", "updates",
+                                            "rejected_nonfinite", "rejected_stale")},
+                   "mean_score": reporter.mean_score, **reporter.status()}
+        summary["env_steps"] = final["env_steps"]
+        summary["episodes"] = final["episodes"]
+        reporter.event("stop", **{k: v for k, v in summary.items() if k != "time_split"})
+        if cfg.logging.console != "quiet":
+            print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)
+        return summary
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        reporter.close()
+        backend.shutdown()
+
+
+def _check_resume(cfg: Config, ckpt_dir: str) -> None:
+    """Check the latest checkpoint matches this config before any actor starts."""
+    import tensorflow as tf
+
+    from .envs import EnvBatch
+    from .parameter_server import check_checkpoint, identity
+
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if not latest:
+        raise RunError(f"--resume: no readable checkpoint in {ckpt_dir}; start a new run")
+    probe = EnvBatch(cfg, 1, cfg.seed)
+    ident = identity(cfg, probe.obs_shape, probe.n_actions)
+    probe.close()
+    check_checkpoint(latest, ident)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .parameter_server import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        resolve_game(cfg.env.id)
+    except ConfigError as e:
+        print(f"a3c_ray: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        summary = train(cfg, resume=bool(args.resume))
+    except (ConfigError, RunError, CheckpointError) as e:
+        print(f"a3c_ray: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if cfg.logging.console == "json":
+        print(json.dumps({k: v for k, v in summary.items() if k != "time_split"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

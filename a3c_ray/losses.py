@@ -1,0 +1,57 @@
+"""A3C's math as pure functions of arrays: n-step returns and the losses.
+
+Kept free of models and state so that golden tests can check them against
+hand-computed numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def n_step_returns(rewards: np.ndarray, dones: np.ndarray, bootstrap: np.ndarray,
+                   discount: float) -> np.ndarray:
+    """Discounted n-step returns of one segment, computed backwards.
+
+    rewards, dones: [T, N] (done[t] means no bootstrap across step t: the return
+    restarts there). bootstrap: [N], the critic's value of the state after the
+    segment, used only where the last step did not end. Returns [T, N] float32.
+    """
+    rewards = np.asarray(rewards, np.float32)
+    keep = 1.0 - np.asarray(dones, np.float32)
+    out = np.empty_like(rewards)
+    running = np.asarray(bootstrap, np.float32).copy()
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = rewards[t] + discount * running * keep[t]
+        out[t] = running
+    return out
+
+
+def a3c_loss(logits: tf.Tensor, values: tf.Tensor, actions: tf.Tensor, returns: tf.Tensor,
+             entropy_coef: float, value_coef: float) -> dict[str, tf.Tensor]:
+    """Actor-critic loss from logits, means over the batch.
+
+    policy = -mean(log pi(a|s) * stop_gradient(R - V(s)))   (no gradient into the critic)
+    entropy = mean(-sum_a pi log pi)                         (log-softmax: finite for any logits)
+    value = mean((R - V(s))^2)
+    total = policy - entropy_coef * entropy + value_coef * value
+    """
+    logits = tf.cast(logits, tf.float32)
+    values = tf.cast(values, tf.float32)
+    log_probs = tf.nn.log_softmax(logits)
+    probs = tf.exp(log_probs)
+    log_prob_taken = tf.gather(log_probs, tf.cast(actions, tf.int32), batch_dims=1)
+    advantages = tf.stop_gradient(returns - values)
+    policy_loss = -tf.reduce_mean(log_prob_taken * advantages)
+    # multiply_no_nan: 0 * log(0) counts as 0 even if a logit is -inf.
+    entropy = -tf.reduce_mean(tf.reduce_sum(tf.math.multiply_no_nan(log_probs, probs), -1))
+    value_loss = tf.reduce_mean(tf.square(returns - values))
+    total = policy_loss - entropy_coef * entropy + value_coef * value_loss
+    return {"total": total, "policy": policy_loss, "entropy": entropy, "value": value_loss,
+            "advantage": tf.reduce_mean(advantages)}
+
+
+def seed_lr(base_lr: float, episodes: int) -> float:
+    """The seed's schedule, lr / log10(0.01 * episodes + 10), by global episode count."""
+    return base_lr / float(np.log10(0.01 * episodes + 10.0))

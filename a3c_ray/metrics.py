@@ -1,0 +1,224 @@
+"""One place that reports: console progress, the JSONL run log, TensorBoard, Ray metrics.
+
+The driver hands every finished segment's small statistics to ``Reporter``;
+nothing else in the project prints progress or writes summaries.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import Config
+
+TIME_SECTIONS = ("env", "inference", "gradient", "sync", "wait")
+
+
+class RunLog:
+    """Append-only JSONL log of the run (one object per line, flushed often)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "a", buffering=1)
+
+    def write(self, kind: str, **fields: Any) -> None:
+        self._f.write(json.dumps({"type": kind, "t": round(time.time(), 3), **fields}) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_log(path: Path) -> list[dict]:
+    """Records of a run log; a truncated last line (killed run) is skipped."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+class Reporter:
+    def __init__(self, cfg: Config, run_dir: Path, start: dict, stream=None):
+        self.cfg = cfg
+        self.stream = stream or sys.stdout
+        self.log = RunLog(run_dir / "log.jsonl")
+        self.scores: collections.deque = collections.deque(maxlen=cfg.logging.score_window)
+        self.env_steps = int(start.get("env_steps", 0))
+        self.episodes = int(start.get("episodes", 0))
+        self.version = int(start.get("version", 0))
+        self._t0 = time.time()
+        self._steps0 = self.env_steps
+        self._last_console = self._t0
+        self._window: collections.deque = collections.deque(maxlen=64)  # (t, env_steps)
+        self._window.append((self._t0, self.env_steps))
+        self._lags: collections.deque = collections.deque(maxlen=512)
+        self._times = {k: 0.0 for k in TIME_SECTIONS}
+        self.last_losses: dict = {}
+        self.lr = float("nan")
+        self.rejected = 0
+        self.worker_failures = 0
+        self._tb = None
+        if cfg.logging.tensorboard:
+            import tensorflow as tf
+
+            self._tb = tf.summary.create_file_writer(str(run_dir / "tb"))
+        self._ray_metrics = None
+
+    # ---- inputs ------------------------------------------------------------
+    def segment(self, stats: dict) -> None:
+        """One worker segment finished (its gradient is on its way to the PS)."""
+        self.env_steps += stats["env_steps"]
+        ps = stats.get("ps") or {}
+        if "lag" in ps:
+            self._lags.append(ps["lag"])
+            self.lr = ps.get("lr", self.lr)
+            self.version = max(self.version, ps.get("version", 0))
+            self.rejected = ps.get("rejected_nonfinite", 0) + ps.get("rejected_stale", 0)
+        for k in TIME_SECTIONS:
+            self._times[k] += stats["time"].get(k, 0.0)
+        self.last_losses = stats["losses"]
+        for ep in stats["episodes"]:
+            self.episode(ep, stats["worker"])
+        self.log.write("segment", worker=stats["worker"], version=stats["version"],
+                       env_steps=self.env_steps, losses=stats["losses"],
+                       time={k: round(v, 5) for k, v in stats["time"].items()},
+                       lag=ps.get("lag"), lr=ps.get("lr"), grad_norm=ps.get("grad_norm"),
+                       ps_status=ps.get("status"))
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=self.env_steps):
+                for k, v in stats["losses"].items():
+                    tf.summary.scalar(f"loss/{k}", v)
+                if "lag" in ps:
+                    tf.summary.scalar("train/policy_lag", ps["lag"])
+                    tf.summary.scalar("train/lr", ps["lr"])
+                    tf.summary.scalar("train/grad_norm", ps.get("grad_norm", 0.0))
+                    tf.summary.scalar("train/ps_apply_ms", 1000 * ps.get("apply_s", 0.0))
+
+    def episode(self, ep: dict, worker: int) -> None:
+        self.episodes += 1
+        self.scores.append(ep["score"])
+        avg = self.mean_score
+        self.log.write("episode", episode=self.episodes, env_steps=self.env_steps,
+                       frames=self.env_steps * self.cfg.frames_per_step, worker=worker,
+                       score=ep["score"], length=ep["length"],
+                       avg_max_prob=round(ep["avg_max_prob"], 4), score_avg=avg)
+        if self._tb is not None:
+            import tensorflow as tf
+
+            # Per-episode values at the episode's env step; never divided by a count.
+            with self._tb.as_default(step=self.env_steps):
+                tf.summary.scalar("episode/score", ep["score"])
+                tf.summary.scalar("episode/score_moving_avg", avg)
+                tf.summary.scalar("episode/length", ep["length"])
+                tf.summary.scalar("episode/avg_max_policy_prob", ep["avg_max_prob"])
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if kind == "worker_failed":
+            self.worker_failures += 1
+        self.log.write(kind, **fields)
+
+    # ---- derived -------------------------------------------------------------
+    @property
+    def mean_score(self) -> float:
+        return sum(self.scores) / len(self.scores) if self.scores else float("nan")
+
+    def steps_per_s(self) -> float:
+        (t0, s0), (t1, s1) = self._window[0], (time.time(), self.env_steps)
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def lag_median(self) -> float:
+        if not self._lags:
+            return float("nan")
+        xs = sorted(self._lags)
+        return float(xs[len(xs) // 2])
+
+    def eta_s(self) -> Optional[float]:
+        t = self.cfg.training
+        rate = self.steps_per_s()
+        etas = []
+        if t.total_env_steps and rate > 0:
+            etas.append((t.total_env_steps - self.env_steps) / rate)
+        if t.time_limit_minutes:
+            etas.append(t.time_limit_minutes * 60 - (time.time() - self._t0))
+        return max(0.0, min(etas)) if etas else None
+
+    def status(self) -> dict:
+        return {"env_steps": self.env_steps, "frames": self.env_steps * self.cfg.frames_per_step,
+                "episodes": self.episodes, "mean_score": _r(self.mean_score),
+                "steps_per_s": _r(self.steps_per_s()), "policy_lag_median": _r(self.lag_median()),
+                "version": self.version, "lr": self.lr, "rejected": self.rejected,
+                "elapsed_s": round(time.time() - self._t0, 1), "eta_s": _r(self.eta_s()),
+                "time_split": self.time_split()}
+
+    def time_split(self) -> dict:
+        total = sum(self._times.values())
+        return {k: round(v / total, 3) if total else 0.0 for k, v in self._times.items()}
+
+    # ---- periodic output -----------------------------------------------------
+    def tick(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_console < self.cfg.logging.console_interval_seconds:
+            return
+        self._last_console = now
+        self._window.append((now, self.env_steps))
+        st = self.status()
+        self.log.write("status", **st)
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=self.env_steps):
+                tf.summary.scalar("perf/env_steps_per_s", st["steps_per_s"])
+                for k, v in st["time_split"].items():
+                    tf.summary.scalar(f"perf/worker_time_{k}", v)
+            self._tb.flush()
+        mode = self.cfg.logging.console
+        if mode == "json":
+            print(json.dumps(st), file=self.stream, flush=True)
+        elif mode == "line":
+            print(format_status(st, self.cfg), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        self.log.close()
+
+
+def _r(x: Optional[float], nd: int = 2) -> Optional[float]:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return round(x, nd)
+
+
+def format_status(st: dict, cfg: Config) -> str:
+    t = cfg.training
+    goal = f"/{_human(t.total_env_steps)}" if t.total_env_steps else ""
+    score = "-" if st["mean_score"] is None else f"{st['mean_score']:.1f}"
+    lag = "-" if st["policy_lag_median"] is None else f"{st['policy_lag_median']:.0f}"
+    eta = "-" if st["eta_s"] is None else _hms(st["eta_s"])
+    return (f"[{_hms(st['elapsed_s'])}] steps {_human(st['env_steps'])}{goal} "
+            f"frames {_human(st['frames'])} | episodes {st['episodes']} | "
+            f"score(avg{cfg.logging.score_window}) {score} | {st['steps_per_s'] or 0:.0f} steps/s | "
+            f"lag {lag} | v{st['version']} | ETA {eta}")
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"

@@ -1,0 +1,201 @@
+"""The parameter server: global networks, their optimizers, versions, checkpoints.
+
+A plain class (the Ray actor in ``remote.py`` wraps it). ``apply_gradients``
+rejects non-finite gradients (and, if bounded, too-stale ones), clips by global
+norm, applies Adam with the scheduled learning rate, bumps the version and
+returns fresh weights. Checkpoints use ``tf.train.Checkpoint`` (no pickle):
+weights, optimizer slots, counters, and the identity of the game and network so
+a mismatched resume fails clearly. TF's CheckpointManager writes the data files
+first and then atomically replaces the ``checkpoint`` index, so a kill mid-write
+never corrupts "latest".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import Config, atomic_write_text
+from .models import ActorCritic, configure_tf_threads
+
+COUNTERS = ("version", "env_steps", "episodes", "updates", "rejected_nonfinite",
+            "rejected_stale")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: the message says why and what to do."""
+
+
+class ParameterServer:
+    def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int,
+                 checkpoint_dir: Optional[str] = None, cpus: float = 1.0):
+        configure_tf_threads(max(cpus, 1.0))
+        import keras
+        import tensorflow as tf
+
+        self.cfg = cfg
+        tf.keras.utils.set_random_seed(cfg.seed)
+        self.net = ActorCritic(obs_shape, n_actions, cfg.model)
+        t = cfg.training
+        self.optimizers = {name: keras.optimizers.Adam(t.lr, epsilon=t.adam_epsilon)
+                           for name, _ in self.net.groups}
+        for name, vs in self.net.groups:
+            self.optimizers[name].build(vs)
+        self.counters = {k: 0 for k in COUNTERS}
+        self.lr = self._lr()
+        self._tf_counters = {k: tf.Variable(0, dtype=tf.int64, name=k) for k in COUNTERS}
+        self._identity = tf.Variable(self.identity(), dtype=tf.string, name="identity")
+        self._ckpt = tf.train.Checkpoint(**self.net.models, **{
+            f"opt_{k}": o for k, o in self.optimizers.items()}, identity=self._identity,
+            **self._tf_counters)
+        self.checkpoint_dir = checkpoint_dir
+        self._manager = (tf.train.CheckpointManager(self._ckpt, checkpoint_dir,
+                                                    max_to_keep=cfg.checkpoint.keep)
+                         if checkpoint_dir else None)
+        self._apply = self._compile_apply(tf)
+        self._weights_cache: Optional[dict] = None
+        self.last: dict[str, Any] = {}
+
+    def identity(self) -> str:
+        return identity(self.cfg, self.net.obs_shape, self.net.n_actions)
+
+    def _compile_apply(self, tf):
+        groups = [(self.optimizers[name], vs) for name, vs in self.net.groups]
+        specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.net.variables]
+        clip = self.cfg.training.grad_clip_norm
+
+        @tf.function(input_signature=[specs, tf.TensorSpec([], tf.float32)])
+        def apply(grads, norm):
+            if clip > 0:
+                grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
+            i = 0
+            for opt, vs in groups:
+                opt.apply(grads[i:i + len(vs)], vs)
+                i += len(vs)
+            return norm
+
+        return apply
+
+    def _lr(self) -> float:
+        from .losses import seed_lr
+
+        t = self.cfg.training
+        if t.lr_schedule == "seed_log":
+            return seed_lr(t.lr, self.counters["episodes"])
+        return t.lr
+
+    # ---- the PS API ----------------------------------------------------------
+    def get_weights(self) -> dict:
+        """{'version', 'weights': list of arrays, 'ps': small stats}."""
+        if self._weights_cache is None or self._weights_cache["version"] != self.counters["version"]:
+            self._weights_cache = {"version": self.counters["version"],
+                                   "weights": self.net.get_weights()}
+        return {**self._weights_cache, "ps": dict(self.last)}
+
+    def apply_gradients(self, grads: list[np.ndarray], meta: dict) -> dict:
+        """Apply one worker's gradient; returns the fresh weights (see get_weights).
+
+        meta: {'version': weights version the gradient came from, 'env_steps': n,
+        'episodes': n} from the worker's segment.
+        """
+        t0 = time.perf_counter()
+        c = self.counters
+        c["env_steps"] += int(meta.get("env_steps", 0))
+        c["episodes"] += int(meta.get("episodes", 0))
+        lag = c["version"] - int(meta.get("version", c["version"]))
+        norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+        status = "applied"
+        max_lag = self.cfg.training.max_policy_lag
+        if len(grads) != len(self.net.variables):
+            raise ValueError(f"gradient has {len(grads)} arrays, the network "
+                             f"{len(self.net.variables)}")
+        if not math.isfinite(norm):
+            c["rejected_nonfinite"] += 1
+            status = "rejected_nonfinite"
+        elif max_lag and lag > max_lag:
+            c["rejected_stale"] += 1
+            status = "rejected_stale"
+        else:
+            self.lr = self._lr()
+            for opt in self.optimizers.values():
+                opt.learning_rate = self.lr
+            self._apply(grads, np.float32(norm))
+            c["version"] += 1
+            c["updates"] += 1
+        self.last = {**c, "lr": self.lr, "lag": lag, "grad_norm": norm, "status": status,
+                     "apply_s": time.perf_counter() - t0}
+        return self.get_weights()
+
+    def status(self) -> dict:
+        return {**self.counters, "lr": self.lr, "last": dict(self.last),
+                "num_params": self.net.num_params()}
+
+    # ---- checkpoints ---------------------------------------------------------
+    def save_checkpoint(self, extra: Optional[dict] = None) -> str:
+        if self._manager is None:
+            raise CheckpointError("no checkpoint directory was given to the parameter server")
+        for k, v in self._tf_counters.items():
+            v.assign(self.counters[k])
+        path = self._manager.save(checkpoint_number=self.counters["updates"])
+        meta = {"path": Path(path).name, "counters": dict(self.counters),
+                "time": time.time(), **(extra or {})}
+        atomic_write_text(Path(self.checkpoint_dir) / "latest.json", json.dumps(meta))
+        return path
+
+    def restore(self, path: Optional[str] = None) -> dict:
+        """Restore from a checkpoint prefix, or the latest one in checkpoint_dir."""
+        import tensorflow as tf
+
+        target = path or (self._manager.latest_checkpoint if self._manager else None)
+        if not target:
+            raise CheckpointError(f"no checkpoint found in {self.checkpoint_dir}; start a new "
+                                  "run instead of --resume")
+        check_checkpoint(target, self.identity())
+        try:
+            self._ckpt.restore(target).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {target} cannot be restored "
+                                  f"({str(e).splitlines()[0]}); resume from an older "
+                                  "checkpoint or start a new run") from None
+        self.counters = {k: int(v.numpy()) for k, v in self._tf_counters.items()}
+        self.lr = self._lr()
+        self._weights_cache = None
+        return dict(self.counters)
+
+
+def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
+    """What a checkpoint must match to be resumed by this config."""
+    m = cfg.model
+    return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": m.arch,
+                       "obs_shape": list(obs_shape), "n_actions": n_actions,
+                       "hidden": m.hidden_units, "mlp": m.mlp_hidden_units}, sort_keys=True)
+
+
+def read_identity(prefix: str) -> dict:
+    """Read the identity a checkpoint was saved with, without restoring it."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        raw = reader.get_tensor("identity/.ATTRIBUTES/VARIABLE_VALUE")
+    except Exception as e:  # TF raises several error types for bad files
+        raise CheckpointError(f"checkpoint {prefix} is missing or corrupt "
+                              f"({str(e).splitlines()[0][:120]}); resume from another "
+                              "checkpoint or start a new run") from None
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def check_checkpoint(prefix: str, expected_identity: str) -> None:
+    got = read_identity(prefix)
+    want = json.loads(expected_identity)
+    diff = [k for k in want if got.get(k) != want[k]]
+    if diff:
+        k = diff[0]
+        raise CheckpointError(f"checkpoint {prefix} was trained with {k}={got.get(k)!r} but "
+                              f"the config has {k}={want[k]!r}; resume with the run's own "
+                              "config (RUN_DIR/config.yaml) or start a new run")

@@ -1,0 +1,152 @@
+"""The rollout worker: plays t_max-step segments in N envs and computes gradients.
+
+``RolloutWorker`` is a plain class (testable and usable without Ray); the Ray
+actor that wraps it is built in ``remote.py``. Each call of
+``compute_gradients(weights)`` syncs the local networks to the given weights
+version, plays one segment of ``t_max`` steps in each of its envs with batched
+inference, and returns the gradient of the A3C loss on that segment plus small
+statistics (episodes finished, losses, time spent per section).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import Config
+from .models import ActorCritic, configure_tf_threads
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, index: int, cpus: Optional[float] = None):
+        configure_tf_threads(cpus if cpus is not None else max(cfg.workers.cpus_per_worker, 1))
+        import tensorflow as tf
+
+        from .envs import EnvBatch
+        from .losses import a3c_loss
+
+        self.cfg, self.index = cfg, index
+        t = cfg.training
+        self.seed = cfg.seed + 1000 * index
+        self.rng = np.random.default_rng(self.seed)
+        tf.keras.utils.set_random_seed(self.seed)
+        self.envs = EnvBatch(cfg, t.envs_per_worker, self.seed)
+        self.net = ActorCritic(self.envs.obs_shape, self.envs.n_actions, cfg.model)
+        self.version = -1
+        n, T = t.envs_per_worker, t.t_max
+        self._obs_buf = np.zeros((T, n, *self.envs.obs_shape), self.envs.obs_dtype)
+        self._act_buf = np.zeros((T, n), np.int32)
+        self._rew_buf = np.zeros((T, n), np.float32)
+        self._done_buf = np.zeros((T, n), bool)
+        self._ep_pmax = np.zeros(n, np.float64)  # sum of max policy prob, per running episode
+        self.obs = self.envs.reset()
+        self.total_env_steps = 0
+        self._last_return: Optional[float] = None
+
+        net, ent, vcoef = self.net, t.entropy_coef, t.value_loss_coef
+        obs_spec = net.obs_spec(self.envs.obs_dtype)
+        variables = net.variables
+
+        @tf.function(input_signature=[obs_spec], reduce_retracing=True)
+        def act(obs):
+            return net.logits(obs)
+
+        @tf.function(input_signature=[obs_spec])
+        def value(obs):
+            return net.value(obs)
+
+        @tf.function(input_signature=[obs_spec, tf.TensorSpec([None], tf.int32),
+                                      tf.TensorSpec([None], tf.float32)])
+        def gradient(obs, actions, returns):
+            with tf.GradientTape() as tape:
+                logits, values = net.forward(obs)
+                losses = a3c_loss(logits, values, actions, returns, ent, vcoef)
+            grads = tape.gradient(losses["total"], variables)
+            return grads, losses
+
+        self._act, self._value, self._gradient = act, value, gradient
+
+    # ---- one segment ---------------------------------------------------------
+    def compute_gradients(self, weights: dict) -> tuple[list[np.ndarray], dict[str, Any]]:
+        """Sync to `weights` ({'version', 'weights', 'ps'}), play a segment, return grads."""
+        from .losses import n_step_returns
+
+        t_start = time.perf_counter()
+        wait_s = 0.0 if self._last_return is None else t_start - self._last_return
+        if weights["version"] != self.version:
+            self.net.set_weights(weights["weights"])
+            self.version = weights["version"]
+        t_sync = time.perf_counter()
+        episodes, env_s, infer_s = self._rollout()
+        t_roll = time.perf_counter()
+        T, n = self._act_buf.shape
+        bootstrap = self._value(self.obs).numpy()
+        t_boot = time.perf_counter()
+        returns = n_step_returns(self._rew_buf, self._done_buf, bootstrap,
+                                 self.cfg.training.discount)
+        grads, losses = self._gradient(
+            self._obs_buf.reshape(T * n, *self.envs.obs_shape),
+            self._act_buf.reshape(-1), returns.reshape(-1))
+        grads = [g.numpy() for g in grads]
+        t_end = time.perf_counter()
+        self.total_env_steps += T * n
+        self._last_return = t_end
+        stats = {
+            "worker": self.index,
+            "version": self.version,
+            "env_steps": T * n,
+            "episodes": episodes,
+            "losses": {k: float(v) for k, v in losses.items()},
+            "time": {"env": env_s, "inference": infer_s + (t_boot - t_roll),
+                     "gradient": t_end - t_boot, "sync": t_sync - t_start, "wait": wait_s,
+                     "total": t_end - t_start},
+            "ps": weights.get("ps", {}),
+            "pid": os.getpid(),
+        }
+        return grads, stats
+
+    def _rollout(self) -> tuple[list[dict], float, float]:
+        env_s = infer_s = 0.0
+        episodes: list[dict] = []
+        envs = self.envs
+        for t in range(self._act_buf.shape[0]):
+            t0 = time.perf_counter()
+            logits = self._act(self.obs).numpy().astype(np.float64)
+            actions = _sample(logits, self.rng)
+            probs_max = _max_prob(logits)
+            actions = envs.forced_actions(actions)
+            t1 = time.perf_counter()
+            self._obs_buf[t] = self.obs
+            self._act_buf[t] = actions
+            res = envs.step(actions)
+            self._rew_buf[t] = res.reward
+            self._done_buf[t] = res.done
+            self._ep_pmax += probs_max
+            for i in np.flatnonzero(res.finished):
+                length = int(res.lengths[i])
+                episodes.append({"score": float(res.scores[i]), "length": length,
+                                 "avg_max_prob": float(self._ep_pmax[i] / max(length, 1))})
+                self._ep_pmax[i] = 0.0
+            self.obs = res.obs
+            t2 = time.perf_counter()
+            infer_s += t1 - t0
+            env_s += t2 - t1
+        return episodes, env_s, infer_s
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sample one action per row from logits (Gumbel-max: no softmax, no NaN)."""
+    g = rng.gumbel(size=logits.shape)
+    return np.argmax(logits + g, axis=1).astype(np.int32)
+
+
+def _max_prob(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return 1.0 / e.sum(axis=1)  # max prob = exp(0) / sum

@@ -307,12 +307,11 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
         path = trainer.checkpoint()
         final = backend.status()
         reporter.tick(force=True)
-        summary = {"run_dir": str(run_dir), "stop_reason": reason, "checkpoint": str(path),
+        # The PS's counters are authoritative (they are what the checkpoint holds).
+        summary = {**reporter.status(), "run_dir": str(run_dir), "stop_reason": reason,
+                   "checkpoint": str(path),
                    **{k: final[k] for k in ("version", "env_steps", "episodes", "updates",
-                                            "rejected_nonfinite", "rejected_stale")},
-                   "mean_score": reporter.mean_score, **reporter.status()}
-        summary["env_steps"] = final["env_steps"]
-        summary["episodes"] = final["episodes"]
+                                            "rejected_nonfinite", "rejected_stale")}}
         reporter.event("stop", **{k: v for k, v in summary.items() if k != "time_split"})
         if cfg.logging.console != "quiet":
             print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)

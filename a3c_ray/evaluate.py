@@ -1,0 +1,135 @@
+"""Play a checkpoint's policy: ``python -m a3c_ray.evaluate RUN_DIR_OR_CHECKPOINT``.
+
+Uses the run's own preprocessing (its saved config) and reports the true game
+score (unclipped) and episode lengths over N episodes. Each parallel env plays a
+fixed quota of episodes, so short episodes are not over-represented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .config import Config, ConfigError, from_dict, load_yaml
+
+
+def locate(target: str) -> tuple[Path, str]:
+    """RUN_DIR or checkpoint prefix -> (run_dir, checkpoint prefix)."""
+    import tensorflow as tf
+
+    from .parameter_server import CheckpointError
+
+    p = Path(target)
+    if p.is_dir() and (p / "checkpoints").is_dir():
+        prefix = tf.train.latest_checkpoint(str(p / "checkpoints"))
+        if not prefix:
+            raise CheckpointError(f"{p} has no checkpoint yet; train longer or pass another "
+                                  "run directory")
+        return p, prefix
+    if Path(str(p) + ".index").is_file():
+        return p.parent.parent, str(p)
+    raise CheckpointError(f"{target}: not a run directory or a checkpoint prefix (such as "
+                          "RUN_DIR/checkpoints/ckpt-100); check the path")
+
+
+def load_policy(cfg: Config, prefix: str, obs_shape: tuple, n_actions: int):
+    """An ActorCritic with the checkpoint's weights (the identity is checked first)."""
+    import tensorflow as tf
+
+    from .models import ActorCritic
+    from .parameter_server import check_checkpoint, identity
+
+    check_checkpoint(prefix, identity(cfg, obs_shape, n_actions))
+    net = ActorCritic(obs_shape, n_actions, cfg.model)
+    tf.train.Checkpoint(**net.models).restore(prefix).expect_partial()
+    return net
+
+
+def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int = 12345,
+             num_envs: int = 8, overrides: Optional[dict] = None) -> dict:
+    import tensorflow as tf
+
+    from .envs import EnvBatch
+
+    run_dir, prefix = locate(target)
+    raw = load_yaml(run_dir / "config.yaml")
+    for k, v in (overrides or {}).items():
+        sec, key = k.split(".")
+        raw.setdefault(sec, {})[key] = v
+    cfg = from_dict(raw, source="config.yaml")
+    n = max(1, min(num_envs, episodes))
+    envs = EnvBatch(cfg, n, seed)
+    net = load_policy(cfg, prefix, envs.obs_shape, envs.n_actions)
+    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(envs.obs_dtype)])
+    rng = np.random.default_rng(seed)
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    scores, lengths = [], []
+    obs = envs.reset()
+    while (quota > 0).any():
+        logits = logits_fn(obs).numpy().astype(np.float64)
+        if policy == "greedy":
+            actions = np.argmax(logits, 1).astype(np.int32)
+        else:
+            actions = np.argmax(logits + rng.gumbel(size=logits.shape), 1).astype(np.int32)
+        res = envs.step(envs.forced_actions(actions))
+        for i in np.flatnonzero(res.finished):
+            if quota[i] > 0:
+                quota[i] -= 1
+                scores.append(float(res.scores[i]))
+                lengths.append(int(res.lengths[i]))
+        obs = res.obs
+    envs.close()
+    s, ln = np.array(scores), np.array(lengths)
+    e = cfg.env
+    return {
+        "checkpoint": prefix, "game": cfg.env.id, "episodes": len(s), "policy": policy,
+        "score_mean": float(s.mean()), "score_median": float(np.median(s)),
+        "score_min": float(s.min()), "score_max": float(s.max()), "score_std": float(s.std()),
+        "length_mean": float(ln.mean()), "length_max": int(ln.max()), "scores": scores,
+        "protocol": (f"no-op starts up to {e.noop_max}, sticky actions "
+                     f"{'on (p=' + str(e.repeat_action_probability) + ')' if e.repeat_action_probability else 'off'}, "
+                     f"frame skip {e.frame_skip}, {policy} policy, true (unclipped) score, "
+                     f"episodes capped at {e.max_episode_frames} frames") if cfg.is_atari else
+                    f"{policy} policy, gymnasium {cfg.env.id} defaults",
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .parameter_server import CheckpointError
+
+    p = argparse.ArgumentParser(prog="python -m a3c_ray.evaluate",
+                                description="Play episodes with a checkpoint's policy.")
+    p.add_argument("target", help="a run directory (its latest checkpoint) or a checkpoint "
+                   "prefix such as RUN_DIR/checkpoints/ckpt-1200")
+    p.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
+    p.add_argument("--policy", choices=("greedy", "sampled"), default="greedy",
+                   help="argmax action or a sample from the policy (default greedy)")
+    p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
+    p.add_argument("--envs", type=int, default=8, help="episodes played in parallel")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    if args.episodes < 1:
+        print("a3c_ray.evaluate: --episodes must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        res = evaluate(args.target, args.episodes, args.policy, args.seed, args.envs)
+    except (CheckpointError, ConfigError) as e:
+        print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{res['game']}: {res['episodes']} episodes, {res['policy']} policy")
+    print(f"  score  mean {res['score_mean']:.1f}  median {res['score_median']:.1f}  "
+          f"min {res['score_min']:.1f}  max {res['score_max']:.1f}  std {res['score_std']:.1f}")
+    print(f"  length mean {res['length_mean']:.0f}  max {res['length_max']}")
+    print(f"  protocol: {res['protocol']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Short real Atari runs through the driver's own entry point, and --resume."""
+import json
+import math
+
+import pytest
+
+from a3c_ray.metrics import read_log
+from conftest import run_driver
+
+FAST = ["--set", "training.envs_per_worker=4", "--set", "ray.include_dashboard=false",
+        "--set", "logging.console_interval_seconds=2", "--workers", "2"]
+
+
+def records(run, kind):
+    return [r for r in read_log(run / "log.jsonl") if r["type"] == kind]
+
+
+@pytest.mark.parametrize("game", ["pong", "breakout"])
+def test_short_atari_run_then_resume(tmp_path, game):
+    run = tmp_path / game
+    p = run_driver("--env", game, "--total-steps", "2400", "--run-dir", str(run), *FAST,
+                   timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "steps/s" in p.stdout and "ETA" in p.stdout
+    segments = records(run, "segment")
+    assert len(segments) >= 2400 // 80
+    assert all(math.isfinite(s["grad_norm"]) for s in segments if s["grad_norm"] is not None)
+    assert all(math.isfinite(v) for s in segments for v in s["losses"].values())
+    stop = records(run, "stop")[-1]
+    assert stop["env_steps"] >= 2400 and stop["version"] >= 20
+    assert stop["rejected_nonfinite"] == 0 and stop["updates"] == stop["version"]
+    assert (run / "config.yaml").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "checkpoint").is_file()
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["counters"][
+        "env_steps"] == stop["env_steps"]
+
+    # --resume continues the counters, optimizer state and lr schedule
+    p = run_driver("--resume", str(run), "--total-steps", "4000", *FAST, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    start = records(run, "start")[-1]
+    assert start["resume"] is True
+    assert start["counters"]["env_steps"] == stop["env_steps"]
+    assert start["counters"]["version"] == stop["version"]
+    stop2 = records(run, "stop")[-1]
+    assert stop2["env_steps"] >= 4000 and stop2["version"] > stop["version"]
+    assert stop2["episodes"] >= stop["episodes"]
+    # the first segment after resume was computed from the restored version, not from 0
+    first = [s for s in records(run, "segment") if s["t"] >= start["t"]][0]
+    assert first["version"] >= stop["version"]
+
+
+def test_new_run_refuses_existing_run_dir(tmp_path):
+    run = tmp_path / "pong"
+    run.mkdir()
+    (run / "config.yaml").write_text("keep: me\n")
+    p = run_driver("--env", "pong", "--total-steps", "100", "--run-dir", str(run), *FAST,
+                   timeout=120)
+    assert p.returncode == 2 and "already holds a run" in p.stderr
+    assert (run / "config.yaml").read_text() == "keep: me\n"

@@ -1,0 +1,88 @@
+"""Config loading, overrides and the one-line errors for bad input."""
+import pytest
+
+from a3c_ray.config import ConfigError, field_docs, load_config
+from conftest import run_driver
+
+
+def test_default_config_loads_and_matches_the_seed():
+    cfg = load_config()
+    t = cfg.training
+    assert (t.discount, t.t_max, t.entropy_coef, t.value_loss_coef, t.grad_clip_norm) == \
+        (0.99, 20, 0.01, 0.5, 40.0)
+    assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
+    assert t.lr_schedule == "seed_log"
+
+
+def test_every_yaml_key_is_documented_and_present():
+    import yaml
+    from a3c_ray.config import DEFAULT_CONFIG_PATH
+
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    keys = {f"{s}.{k}" for s, v in raw.items() if isinstance(v, dict) for k in v} | {"seed"}
+    assert keys == set(field_docs())
+
+
+def test_overrides_apply():
+    cfg = load_config(None, {"env.id": "pong", "training.lr": 5e-4, "workers.num_workers": 3})
+    assert cfg.env.id == "pong" and cfg.training.lr == 5e-4 and cfg.workers.num_workers == 3
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"training.lrr": 1}, "training.lrr: unknown key"),
+    ({"training.t_max": "20"}, "training.t_max: must be an integer"),
+    ({"training.discount": 1.5}, "training.discount: must be <= 1.0"),
+    ({"env.id": "notagame"}, "env.id: unknown game 'notagame'"),
+    ({"model.arch": "big"}, "model.arch: must be one of"),
+    ({"workers.num_workers": 0}, "workers.num_workers: must be >= 1"),
+    ({"env.fire_reset": "yes"}, "env.fire_reset: must be true or false"),
+    ({"training.total_env_steps": 0, "training.total_episodes": 0,
+      "training.time_limit_minutes": 0}, "no stop condition"),
+    ({"env.id": "CartPole-v1", "env.action_set": "seed"}, "Atari games only"),
+    ({"bogus.key": 1}, "unknown section 'bogus'"),
+])
+def test_bad_values_raise_one_line(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "training.entropy=0.1"], "training.entropy: unknown key"),
+    (["--env", "tetris3000"], "env.id: unknown game"),
+    (["--workers", "many"], "--workers: must be a positive integer"),
+    (["--set", "training.lr=-1"], "training.lr: must be >= 0.0"),
+    (["--set", "nodot=1"], "--set 'nodot=1': use section.key=value"),
+    (["--config", "/nonexistent/x.yaml"], "not found"),
+    (["--resume", "/nonexistent/run"], "--resume: '/nonexistent/run' is not a run directory"),
+])
+def test_driver_rejects_bad_input_with_one_line(args, needle, tmp_path):
+    p = run_driver(*args, "--run-dir", str(tmp_path / "run"), timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("a3c_ray")]
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+    assert not (tmp_path / "run").exists()  # no work started, nothing written
+
+
+def test_non_yaml_config_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    p = run_driver("--config", str(bad), timeout=60)
+    assert p.returncode == 2 and "not valid YAML" in p.stderr
+
+
+def test_yaml_python_tags_are_refused(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("training: !!python/object/apply:os.system ['echo pwned']\n")
+    p = run_driver("--config", str(bad), timeout=60)
+    assert p.returncode == 2 and "not valid YAML" in p.stderr and "pwned" not in p.stdout
+
+
+def test_help_documents_every_key():
+    p = run_driver("--help", timeout=60)
+    assert p.returncode == 0
+    for key in field_docs():
+        assert key in p.stdout
+    for flag in ("--config", "--env", "--workers", "--total-steps", "--run-dir", "--resume",
+                 "--address", "--set"):
+        assert flag in p.stdout

@@ -1,0 +1,80 @@
+"""Golden-value tests of the pure A3C math (hand-computed numbers)."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from a3c_ray.losses import a3c_loss, n_step_returns, seed_lr
+
+
+def test_returns_restart_after_terminal_and_bootstrap_at_end():
+    # gamma 0.5; step 1 is terminal; the segment ends mid-episode -> bootstrap 10.
+    r = n_step_returns(np.array([[1.0], [0.0], [2.0]]), np.array([[0], [1], [0]]),
+                       np.array([10.0]), 0.5)
+    # t=2: 2 + 0.5*10 = 7; t=1: 0 (terminal, no bootstrap); t=0: 1 + 0.5*0 = 1
+    np.testing.assert_allclose(r[:, 0], [1.0, 0.0, 7.0])
+
+
+def test_returns_two_envs_terminal_last_step_ignores_bootstrap():
+    r = n_step_returns(np.ones((2, 2)), np.array([[0, 0], [0, 1]]), np.array([4.0, 4.0]), 0.9)
+    # env 0: 1 + 0.9*4 = 4.6, then 1 + 0.9*4.6 = 5.14; env 1: 1, then 1 + 0.9*1 = 1.9
+    np.testing.assert_allclose(r, [[5.14, 1.9], [4.6, 1.0]], rtol=1e-6)
+
+
+def test_returns_zero_discount_is_reward():
+    rew = np.array([[3.0, -1.0]])
+    np.testing.assert_allclose(n_step_returns(rew, np.zeros((1, 2)), np.array([9.0, 9.0]), 0.0),
+                               rew)
+
+
+def test_loss_golden_values():
+    # logits (0, ln 3): pi = (1/4, 3/4). Action 1, V = 1, R = 3 -> advantage 2.
+    out = a3c_loss(tf.constant([[0.0, math.log(3.0)]]), tf.constant([1.0]), tf.constant([1]),
+                   tf.constant([3.0]), entropy_coef=0.01, value_coef=0.5)
+    policy = -math.log(0.75) * 2.0                                    # 0.575364
+    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))        # 0.562335
+    value = (3.0 - 1.0) ** 2                                           # 4
+    assert float(out["policy"]) == pytest.approx(policy, rel=1e-5)
+    assert float(out["entropy"]) == pytest.approx(entropy, rel=1e-5)
+    assert float(out["value"]) == pytest.approx(value, rel=1e-6)
+    assert float(out["total"]) == pytest.approx(policy - 0.01 * entropy + 0.5 * value, rel=1e-5)
+
+
+def test_loss_is_batch_mean():
+    logits = tf.constant([[0.0, 0.0], [0.0, 0.0]])
+    out = a3c_loss(logits, tf.constant([0.0, 0.0]), tf.constant([0, 1]), tf.constant([1.0, 3.0]),
+                   0.0, 1.0)
+    assert float(out["value"]) == pytest.approx((1 + 9) / 2)
+    assert float(out["policy"]) == pytest.approx(math.log(2) * (1 + 3) / 2, rel=1e-6)
+
+
+def test_no_gradient_into_critic_through_advantage():
+    values = tf.Variable([1.0, -2.0])
+    logits = tf.Variable([[0.3, -0.2], [1.0, 0.5]])
+    with tf.GradientTape(persistent=True) as tape:
+        out = a3c_loss(logits, values, tf.constant([0, 1]), tf.constant([2.0, 0.0]), 0.01, 0.5)
+    assert tape.gradient(out["policy"], values) is None
+    assert tape.gradient(out["entropy"], values) is None
+    assert tape.gradient(out["value"], logits) is None
+    # value gradient: d/dV mean((R-V)^2) = -(R - V) per element
+    np.testing.assert_allclose(tape.gradient(out["value"], values).numpy(), [-1.0, -2.0])
+
+
+@pytest.mark.parametrize("big", [1e4, 1e30])
+def test_extreme_logits_stay_finite(big):
+    logits = tf.Variable([[big, -big, 0.0], [-big, -big, big]])
+    with tf.GradientTape() as tape:
+        out = a3c_loss(logits, tf.constant([0.5, 0.5]), tf.constant([1, 0]),
+                       tf.constant([1.0, -1.0]), 0.01, 0.5)
+    for k, v in out.items():
+        assert np.isfinite(float(v)), k
+    assert np.isfinite(tape.gradient(out["total"], logits).numpy()).all()
+    # a deterministic policy has (numerically) zero entropy
+    assert float(out["entropy"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_seed_lr_schedule():
+    assert seed_lr(1e-3, 0) == pytest.approx(1e-3)
+    assert seed_lr(1e-3, 1000) == pytest.approx(1e-3 / math.log10(20))
+    assert seed_lr(1e-3, 99000) == pytest.approx(1e-3 / 3.0)

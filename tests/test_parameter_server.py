@@ -1,0 +1,93 @@
+"""The parameter server as a plain class: versions, guards, checkpoints."""
+import numpy as np
+import pytest
+
+from a3c_ray.config import load_config
+from a3c_ray.parameter_server import CheckpointError, ParameterServer
+
+
+def make_ps(tmp_path, **ov):
+    cfg = load_config(None, {"env.id": "CartPole-v1", **ov})
+    return ParameterServer(cfg, (4,), 2, str(tmp_path / "ckpt"))
+
+
+def grads_like(ps, value=0.1):
+    return [np.full(v.shape, value, np.float32) for v in ps.net.variables]
+
+
+def test_apply_bumps_version_and_changes_weights(tmp_path):
+    ps = make_ps(tmp_path)
+    w0 = ps.get_weights()
+    out = ps.apply_gradients(grads_like(ps), {"version": 0, "env_steps": 160, "episodes": 2})
+    assert out["version"] == 1 and ps.counters["updates"] == 1
+    assert ps.counters["env_steps"] == 160 and ps.counters["episodes"] == 2
+    assert any(not np.allclose(a, b) for a, b in zip(w0["weights"], out["weights"]))
+    assert out["ps"]["status"] == "applied" and out["ps"]["lag"] == 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_gradient_is_rejected_and_counted(tmp_path, bad):
+    ps = make_ps(tmp_path)
+    g = grads_like(ps)
+    g[0].flat[0] = bad
+    w0 = ps.get_weights()["weights"]
+    out = ps.apply_gradients(g, {"version": 0, "env_steps": 10, "episodes": 0})
+    assert out["version"] == 0 and ps.counters["rejected_nonfinite"] == 1
+    assert all(np.array_equal(a, b) for a, b in zip(w0, out["weights"]))
+    assert all(np.isfinite(a).all() for a in out["weights"])
+    assert ps.counters["env_steps"] == 10  # the experience still counts
+
+
+def test_stale_gradient_dropped_when_bounded(tmp_path):
+    ps = make_ps(tmp_path, **{"training.max_policy_lag": 2})
+    for _ in range(4):
+        ps.apply_gradients(grads_like(ps), {"version": ps.counters["version"]})
+    out = ps.apply_gradients(grads_like(ps), {"version": 1})  # lag 3 > 2
+    assert out["ps"]["status"] == "rejected_stale" and ps.counters["rejected_stale"] == 1
+    assert out["ps"]["lag"] == 3 and out["version"] == 4
+
+
+def test_gradient_clipped_to_global_norm(tmp_path):
+    ps = make_ps(tmp_path, **{"training.grad_clip_norm": 1.0, "training.lr": 0.1})
+    out = ps.apply_gradients(grads_like(ps, 1e6), {"version": 0})
+    assert out["ps"]["grad_norm"] > 1e6 and all(np.isfinite(w).all() for w in out["weights"])
+
+
+def test_lr_follows_seed_schedule_by_episodes(tmp_path):
+    ps = make_ps(tmp_path)
+    ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
+    assert ps.lr == pytest.approx(1e-3 / np.log10(20))
+    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
+
+
+def test_checkpoint_roundtrip_restores_weights_optimizer_and_counters(tmp_path):
+    ps = make_ps(tmp_path)
+    for _ in range(3):
+        ps.apply_gradients(grads_like(ps), {"version": ps.counters["version"], "episodes": 5,
+                                            "env_steps": 100})
+    path = ps.save_checkpoint()
+    saved = ps.get_weights()["weights"]
+    iters = int(ps.optimizers["actor"].iterations.numpy())
+    ps2 = make_ps(tmp_path)
+    counters = ps2.restore()
+    assert counters == ps.counters and counters["version"] == 3 and counters["episodes"] == 15
+    assert all(np.array_equal(a, b) for a, b in zip(saved, ps2.get_weights()["weights"]))
+    assert int(ps2.optimizers["actor"].iterations.numpy()) == iters == 3
+    assert path.endswith("ckpt-3")
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path):
+    ps = make_ps(tmp_path)
+    ps.save_checkpoint()
+    other = make_ps(tmp_path, **{"model.mlp_hidden_units": [32]})
+    with pytest.raises(CheckpointError, match="trained with mlp"):
+        other.restore()
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    ps = make_ps(tmp_path)
+    path = ps.save_checkpoint()
+    data = next((tmp_path / "ckpt").glob("ckpt-0.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="missing or corrupt|cannot be restored"):
+        make_ps(tmp_path).restore(path)

@@ -74,12 +74,15 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _f("separate", "'separate': the seed's two networks (actor and critic, each "
+    arch: str = _f("shared", "'separate': the seed's two networks (actor and critic, each "
                    "Conv32 8x8/4, Conv64 4x4/2, Dense 512); 'shared': one torso, two heads.",
                    choices=("separate", "shared"))
     hidden_units: int = _f(512, "Units of the dense layer after the convolutions.", min=1)
     mlp_hidden_units: list = _f([64, 64], "Hidden layer sizes of the MLP used for "
                                 "vector-observation envs.")
+    mlp_arch: str = _f("separate", "Like arch, for the MLP of vector-observation envs "
+                       "(separate nets are cheap there and learn CartPole faster).",
+                       choices=("separate", "shared"))
     precision: str = _f("float32", "'float32' or 'mixed_bfloat16' (Keras mixed precision; "
                         "pays on CPUs with AMX/AVX512-BF16).",
                         choices=("float32", "mixed_bfloat16"))
@@ -88,9 +91,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     discount: float = _f(0.99, "Discount factor gamma.", min=0.0, max=1.0)
-    t_max: int = _f(20, "Steps per segment in each env before a gradient is computed.",
+    t_max: int = _f(5, "Steps per segment in each env before a gradient is computed "
+                    "(5 as in the A3C paper; the seed used 20).",
                     min=1, max=10000)
-    envs_per_worker: int = _f(8, "Environments each rollout worker steps together "
+    envs_per_worker: int = _f(16, "Environments each rollout worker steps together "
                               "(inference is batched over them).", min=1, max=1024)
     entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
     value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
@@ -122,6 +126,10 @@ class WorkersConfig:
                             "{ps_node: 1} to pin it to a node started with that resource.")
     mode: str = _f("ray", "'ray': actors in a Ray cluster; 'serial': everything in one "
                    "process, same code (debugging, fast tests).", choices=("ray", "serial"))
+    wait_for_update: bool = _f(False, "true: a worker waits for its own gradient to be "
+                               "applied before its next segment (lowest lag); false: it plays "
+                               "on at once with the newest weights already applied (no idle "
+                               "PS round trip, about one more version of lag).")
     max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
 

@@ -158,7 +158,8 @@ def start_ray(cfg: Config, run_name: str) -> None:
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     namespace = cfg.ray.namespace or f"a3c-{run_name}"
-    env_vars = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env_vars = {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL",
+                                           "CUDA_VISIBLE_DEVICES")}
     if address:
         try:
             ray.init(address=address, namespace=namespace, log_to_driver=True,
@@ -219,7 +220,7 @@ class Trainer:
 
     def run(self) -> str:
         b, r = self.backend, self.reporter
-        weights = b.initial_weights()
+        weights = newest = b.initial_weights()
         for i in range(self.n_workers):
             b.submit(i, weights)
         t_start = last_ckpt = time.time()
@@ -235,7 +236,12 @@ class Trainer:
                 self._failures[i] = 0
                 meta = {"version": stats["version"], "env_steps": stats["env_steps"],
                         "episodes": len(stats["episodes"]), "worker": i}
-                weights = b.apply(grads, meta)
+                newest = b.apply(grads, meta)
+                if self.cfg.workers.wait_for_update or b.is_ready(newest):
+                    weights = newest
+                # Without wait_for_update the worker plays on at once with the newest
+                # weights already applied, instead of idling for the PS round trip
+                # (costs about one version of extra policy lag).
                 b.submit(i, weights)
                 r.segment(stats)
             r.tick()

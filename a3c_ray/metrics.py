@@ -91,7 +91,8 @@ class Reporter:
                        env_steps=self.env_steps, losses=stats["losses"],
                        time={k: round(v, 5) for k, v in stats["time"].items()},
                        lag=ps.get("lag"), lr=ps.get("lr"), grad_norm=ps.get("grad_norm"),
-                       ps_status=ps.get("status"))
+                       ps_status=ps.get("status"), ps_apply_s=ps.get("apply_s"),
+                       rss_mb=stats.get("rss_mb"), ps_rss_mb=ps.get("rss_mb"))
         if self._tb is not None:
             import tensorflow as tf
 

@@ -7,16 +7,11 @@ compiled graph, so workers ship compact uint8 arrays.
 
 from __future__ import annotations
 
-import os
+import keras
+import numpy as np
+import tensorflow as tf
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU-only project: skip the CUDA probe
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from .config import ModelConfig  # noqa: E402
+from .config import ModelConfig
 
 _configured_threads: tuple[int, int] | None = None
 
@@ -64,7 +59,7 @@ class ActorCritic:
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
         self.is_image = len(obs_shape) == 3
-        self.arch = cfg.arch
+        self.arch = cfg.arch if self.is_image else cfg.mlp_arch
         dtype = cfg.precision if cfg.precision != "float32" else "float32"
         in_shape = (obs_shape[1], obs_shape[2], obs_shape[0]) if self.is_image else obs_shape
         seed_init = keras.initializers.Orthogonal(gain=0.01)  # small logits: uniform start

@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import Config, atomic_write_text
 from .models import ActorCritic, configure_tf_threads
+from .worker import peak_rss_mb
 
 COUNTERS = ("version", "env_steps", "episodes", "updates", "rejected_nonfinite",
             "rejected_stale")
@@ -128,7 +129,7 @@ class ParameterServer:
             c["version"] += 1
             c["updates"] += 1
         self.last = {**c, "lr": self.lr, "lag": lag, "grad_norm": norm, "status": status,
-                     "apply_s": time.perf_counter() - t0}
+                     "apply_s": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}
         return self.get_weights()
 
     def status(self) -> dict:
@@ -171,7 +172,8 @@ class ParameterServer:
 def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
     """What a checkpoint must match to be resumed by this config."""
     m = cfg.model
-    return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": m.arch,
+    arch = m.arch if len(obs_shape) == 3 else m.mlp_arch
+    return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": arch,
                        "obs_shape": list(obs_shape), "n_actions": n_actions,
                        "hidden": m.hidden_units, "mlp": m.mlp_hidden_units}, sort_keys=True)
 

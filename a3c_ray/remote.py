@@ -47,6 +47,9 @@ class SerialBackend:
     def apply(self, grads: Any, meta: dict) -> Any:
         return self.ps.apply_gradients(grads, meta)
 
+    def is_ready(self, weights: Any) -> bool:
+        return True
+
     def checkpoint(self, extra: dict) -> str:
         return self.ps.save_checkpoint(extra)
 
@@ -152,6 +155,9 @@ class RayBackend:
 
     def apply(self, grads_ref: Any, meta: dict) -> Any:
         return self.ps.apply_gradients.remote(grads_ref, meta)
+
+    def is_ready(self, ref: Any) -> bool:
+        return bool(self.ray.wait([ref], timeout=0)[0])
 
     def checkpoint(self, extra: dict) -> str:
         return self.ray.get(self.ps.save_checkpoint.remote(extra))

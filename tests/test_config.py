@@ -8,8 +8,9 @@ from conftest import run_driver
 def test_default_config_loads_and_matches_the_seed():
     cfg = load_config()
     t = cfg.training
-    assert (t.discount, t.t_max, t.entropy_coef, t.value_loss_coef, t.grad_clip_norm) == \
-        (0.99, 20, 0.01, 0.5, 40.0)
+    assert (t.discount, t.entropy_coef, t.value_loss_coef, t.grad_clip_norm) == \
+        (0.99, 0.01, 0.5, 40.0)
+    assert t.t_max == 5 and cfg.model.arch == "shared"  # the A3C paper's choices
     assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
     assert t.lr_schedule == "seed_log"
 

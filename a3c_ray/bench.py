@@ -1,0 +1,217 @@
+"""Throughput benchmark: ``python -m a3c_ray.bench --env pong --seconds 60 --json out.json``.
+
+Runs the real service (parameter server, rollout workers, driver loop on Ray)
+for a warm-up plus a measured window, for one or several layouts
+(workers x envs per worker), and reports env steps/s, frames/s, updates/s,
+policy lag (median, p95), the time split inside workers, the PS busy fraction
+and peak memory. In the same run it measures two bounds on this machine -- the
+raw emulator rate and the network's compute rate, per core -- and prints the
+service's throughput as a fraction of each, so a result means the same on any
+machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .config import Config, ConfigError, apply_overrides, from_dict, load_yaml, \
+    parse_override, DEFAULT_CONFIG_PATH
+
+
+def _median_rate(fn, seconds: float, per_call: int) -> float:
+    """Median of per-call rates (items/s) over repeated calls for `seconds`."""
+    rates, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(rates) < 5:
+        t0 = time.perf_counter()
+        fn()
+        rates.append(per_call / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def measure_ale(cfg: Config, seconds: float = 4.0) -> float:
+    """Raw emulator env steps/s on one core, with the run's preprocessing, random actions."""
+    from .envs import EnvBatch
+
+    n = cfg.training.envs_per_worker
+    envs = EnvBatch(cfg, n, cfg.seed)
+    envs.reset()
+    rng = np.random.default_rng(0)
+    rate = _median_rate(lambda: envs.step(rng.integers(0, envs.n_actions, n)), seconds, n)
+    envs.close()
+    return rate
+
+
+def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
+    """The network's compute rate on one core: batched inference + the segment gradient."""
+    from .worker import RolloutWorker
+
+    w = RolloutWorker(cfg, 0, cpus=1)
+    T, n = w._act_buf.shape
+    obs = w._obs_buf.reshape(T * n, *w.envs.obs_shape)
+    acts = w._act_buf.reshape(-1)
+    rets = np.zeros(T * n, np.float32)
+    for _ in range(2):  # trace and warm up
+        w._act(w.obs).numpy()
+        w._gradient(obs, acts, rets)
+    infer = _median_rate(lambda: w._act(w.obs).numpy(), seconds / 3, 1)
+    grad = _median_rate(lambda: [g.numpy() for g in w._gradient(obs, acts, rets)[0]],
+                        2 * seconds / 3, 1)
+    w.close()
+    seg_s = T / infer + 1.0 / grad
+    return {"inference_ms_per_call": 1000 / infer, "gradient_ms_per_segment": 1000 / grad,
+            "batch_inference": n, "batch_gradient": T * n,
+            "env_steps_per_s_per_core": T * n / seg_s,
+            "retraces": {"act": w._act.experimental_get_tracing_count(),
+                         "gradient": w._gradient.experimental_get_tracing_count()}}
+
+
+def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: float,
+               run_dir: Path) -> dict:
+    """Train for warmup + seconds with this layout; figures from the measured window."""
+    from .driver import train
+    from .metrics import read_log
+
+    raw = apply_overrides(base, {
+        "workers.num_workers": workers, "training.envs_per_worker": envs,
+        "training.total_env_steps": 0, "training.total_episodes": 0,
+        "training.time_limit_minutes": (seconds + warmup) / 60.0,
+        "logging.run_dir": str(run_dir), "logging.console": "quiet",
+        "checkpoint.interval_minutes": 0.0})
+    cfg = from_dict(raw, source="bench")
+    t0 = time.time()
+    train(cfg)
+    recs = read_log(run_dir / "log.jsonl")
+    start = next(r["t"] for r in recs if r["type"] == "start")
+    lo = start + warmup
+    segs = [r for r in recs if r["type"] == "segment" and r["t"] >= lo]
+    stop = next(r["t"] for r in recs if r["type"] == "stop")
+    hi = max(r["t"] for r in segs) if segs else stop
+    window = max(hi - lo, 1e-9)
+    steps = len(segs) * cfg.training.t_max * envs
+    lags = [r["lag"] for r in segs if r.get("lag") is not None]
+    split = {k: float(sum(r["time"].get(k, 0.0) for r in segs)) for k in
+             ("env", "inference", "gradient", "sync", "wait")}
+    tot = sum(split.values()) or 1.0
+    return {
+        "workers": workers, "envs_per_worker": envs, "window_s": round(window, 2),
+        "env_steps_per_s": steps / window,
+        "frames_per_s": steps / window * cfg.frames_per_step,
+        "updates_per_s": sum(1 for r in segs if r.get("ps_status") == "applied") / window,
+        "policy_lag_median": float(np.median(lags)) if lags else None,
+        "policy_lag_p95": float(np.percentile(lags, 95)) if lags else None,
+        "worker_time_split": {k: round(v / tot, 3) for k, v in split.items()},
+        "ps_busy_fraction": sum(r.get("ps_apply_s") or 0.0 for r in segs) / window,
+        "peak_rss_mb": {"worker_max": max((r.get("rss_mb") or 0) for r in segs) if segs else None,
+                        "ps": max((r.get("ps_rss_mb") or 0) for r in segs) if segs else None},
+        "wall_s": round(time.time() - t0, 1),
+    }
+
+
+def parse_layouts(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        try:
+            w, e = part.lower().split("x")
+            out.append((int(w), int(e)))
+        except ValueError:
+            raise ConfigError(f"--layouts: {part!r} is not WORKERSxENVS, e.g. 2x8,2x16") from None
+        if out[-1][0] < 1 or out[-1][1] < 1:
+            raise ConfigError(f"--layouts: {part!r} needs positive numbers")
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m a3c_ray.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="pong", help="game (default pong)")
+    p.add_argument("--seconds", type=float, default=60.0, help="measured window per layout")
+    p.add_argument("--warmup", type=float, default=20.0, help="seconds discarded at the start")
+    p.add_argument("--layouts", default=None, help="WORKERSxENVS list, e.g. 2x8,2x16,3x8 "
+                   "(default: the config's layout)")
+    p.add_argument("--config", metavar="FILE", help="base config (default ray_config.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--json", metavar="FILE", help="write all figures as JSON")
+    p.add_argument("--no-bounds", action="store_true", help="skip the ALE / network bounds")
+    args = p.parse_args(argv)
+    try:
+        base = load_yaml(args.config or DEFAULT_CONFIG_PATH)
+        ov = dict(parse_override(s) for s in args.set)
+        ov.update({"env.id": args.env, "ray.include_dashboard": False})
+        base = apply_overrides(base, ov)
+        cfg = from_dict(base, source="bench")
+        layouts = parse_layouts(args.layouts) if args.layouts else None
+    except ConfigError as e:
+        print(f"a3c_ray.bench: config error: {e}", file=sys.stderr)
+        return 2
+    cores = os.cpu_count() or 1
+    if layouts is None:
+        w = cfg.workers.num_workers
+        layouts = [(cores if w == "auto" else int(w), cfg.training.envs_per_worker)]
+    result: dict = {"env": args.env, "cores": cores, "config": {
+        "arch": cfg.model.arch, "t_max": cfg.training.t_max, "precision": cfg.model.precision},
+        "layouts": []}
+    if not args.no_bounds:
+        from .models import configure_tf_threads
+
+        configure_tf_threads(1)
+        ale = measure_ale(cfg)
+        net = measure_network(cfg)
+        result["bounds"] = {"ale_env_steps_per_s_per_core": ale, "network": net,
+                            "ale_env_steps_per_s": ale * cores,
+                            "network_env_steps_per_s": net["env_steps_per_s_per_core"] * cores}
+        print(f"bounds on {cores} cores: ALE {ale * cores:,.0f} steps/s; network "
+              f"{net['env_steps_per_s_per_core'] * cores:,.0f} steps/s "
+              f"(inference {net['inference_ms_per_call']:.1f} ms/call of "
+              f"{net['batch_inference']}, gradient {net['gradient_ms_per_segment']:.0f} ms/segment "
+              f"of {net['batch_gradient']})", flush=True)
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="a3c-bench-") as tmp:
+        for i, (w, e) in enumerate(layouts):
+            print(f"layout {w}x{e}: {args.warmup:.0f} s warm-up + {args.seconds:.0f} s ...",
+                  flush=True)
+            res = run_layout(base, w, e, args.seconds, args.warmup, Path(tmp) / f"l{i}")
+            if "bounds" in result:
+                b = result["bounds"]
+                res["fraction_of_ale_bound"] = res["env_steps_per_s"] / b["ale_env_steps_per_s"]
+                res["fraction_of_network_bound"] = (res["env_steps_per_s"] /
+                                                    b["network_env_steps_per_s"])
+            result["layouts"].append(res)
+            ray.shutdown()
+    best = max(result["layouts"], key=lambda r: r["env_steps_per_s"])
+    result["env_steps_per_s"] = best["env_steps_per_s"]
+    result["best_layout"] = f"{best['workers']}x{best['envs_per_worker']}"
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def format_table(result: dict) -> str:
+    rows = ["| layout (workers x envs) | env steps/s | frames/s | updates/s | lag median / p95 "
+            "| of ALE bound | of network bound | worker time env/infer/grad/sync/wait | PS busy |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["layouts"]:
+        s = r["worker_time_split"]
+        rows.append(
+            f"| {r['workers']}x{r['envs_per_worker']} | {r['env_steps_per_s']:,.0f} | "
+            f"{r['frames_per_s']:,.0f} | {r['updates_per_s']:.1f} | "
+            f"{r['policy_lag_median']} / {r['policy_lag_p95']} | "
+            f"{r.get('fraction_of_ale_bound', float('nan')):.0%} | "
+            f"{r.get('fraction_of_network_bound', float('nan')):.0%} | "
+            f"{s['env']:.2f}/{s['inference']:.2f}/{s['gradient']:.2f}/{s['sync']:.2f}/"
+            f"{s['wait']:.2f} | {r['ps_busy_fraction']:.0%} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

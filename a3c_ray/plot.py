@@ -1,0 +1,121 @@
+"""Learning curves: ``python -m a3c_ray.plot RUN_DIR [RUN_DIR ...] -o curves.png``.
+
+Reads each run's ``log.jsonl`` and draws, with one colour per run: score per
+episode (dots) and its moving average against env frames and against wall-clock
+time, throughput (env steps/s) and policy lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .metrics import read_log
+
+
+def load_run(run_dir: Path) -> dict:
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        raise FileNotFoundError(f"{run_dir}: no log.jsonl; pass a run directory made by "
+                                "a3c_ray.driver")
+    recs = read_log(log)
+    starts = [r for r in recs if r["type"] == "start"]
+    if not starts:
+        raise ValueError(f"{log}: no start record; the file is not an a3c_ray run log")
+    # Wall-clock excludes pauses between a stop and a --resume.
+    eps, status, wall_offset, last_t, t0 = [], [], 0.0, None, None
+    for r in recs:
+        if r["type"] == "start":
+            if last_t is not None:
+                wall_offset += last_t - t0
+            t0, last_t = r["t"], r["t"]
+            continue
+        if t0 is None:
+            continue
+        last_t = r["t"]
+        wall = wall_offset + r["t"] - t0
+        if r["type"] == "episode":
+            eps.append((r["frames"], wall, r["score"]))
+        elif r["type"] == "status":
+            status.append((r["frames"], wall, r.get("steps_per_s") or 0.0,
+                           r.get("policy_lag_median")))
+    return {"name": run_dir.name, "episodes": np.array(eps, float).reshape(-1, 3),
+            "status": status}
+
+
+def moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over up to `window` values (shorter at the start)."""
+    if len(x) == 0:
+        return x
+    c = np.cumsum(np.insert(np.asarray(x, float), 0, 0.0))
+    idx = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_runs(run_dirs: list[Path], out: Path, window: int = 100, title: Optional[str] = None
+              ) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [load_run(Path(d)) for d in run_dirs]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    (ax_f, ax_w), (ax_sps, ax_lag) = axes
+    for i, run in enumerate(runs):
+        color = f"C{i}"
+        e = run["episodes"]
+        if len(e):
+            ma = moving_average(e[:, 2], window)
+            ax_f.scatter(e[:, 0] / 1e6, e[:, 2], s=3, alpha=0.25, color=color)
+            ax_f.plot(e[:, 0] / 1e6, ma, color=color, label=run["name"])
+            ax_w.scatter(e[:, 1] / 60, e[:, 2], s=3, alpha=0.25, color=color)
+            ax_w.plot(e[:, 1] / 60, ma, color=color, label=run["name"])
+        if run["status"]:
+            s = np.array([(f, w, sps, np.nan if lag is None else lag)
+                          for f, w, sps, lag in run["status"]], float)
+            ax_sps.plot(s[:, 1] / 60, s[:, 2], color=color, label=run["name"])
+            ax_lag.plot(s[:, 1] / 60, s[:, 3], color=color, label=run["name"])
+    ax_f.set(xlabel="env frames (millions)", ylabel="episode score",
+             title=f"score per episode and {window}-episode moving average")
+    ax_w.set(xlabel="wall-clock (minutes)", ylabel="episode score", title="score vs wall-clock")
+    ax_sps.set(xlabel="wall-clock (minutes)", ylabel="env steps/s", title="throughput")
+    ax_lag.set(xlabel="wall-clock (minutes)", ylabel="versions",
+               title="policy lag (median over the last status interval)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m a3c_ray.plot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories to compare")
+    p.add_argument("-o", "--out", default="curves.png", help="output PNG (default curves.png)")
+    p.add_argument("--window", type=int, default=100, help="moving-average window (episodes)")
+    p.add_argument("--title", help="figure title")
+    args = p.parse_args(argv)
+    try:
+        path = plot_runs([Path(r) for r in args.runs], Path(args.out), args.window, args.title)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"a3c_ray.plot: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

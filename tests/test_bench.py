@@ -1,0 +1,33 @@
+"""Smoke test of the benchmark: a few seconds of the real service, JSON fields checked."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_smoke_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.bench", "--env", "pong", "--seconds", "6",
+                        "--warmup", "4", "--layouts", "1x4,2x4", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["env_steps_per_s"] > 0 and res["best_layout"] in ("1x4", "2x4")
+    assert [(r["workers"], r["envs_per_worker"]) for r in res["layouts"]] == [(1, 4), (2, 4)]
+    for r in res["layouts"]:
+        assert r["env_steps_per_s"] > 0 and r["frames_per_s"] == 4 * r["env_steps_per_s"]
+        assert r["updates_per_s"] > 0 and r["policy_lag_median"] is not None
+        assert abs(sum(r["worker_time_split"].values()) - 1.0) < 0.01
+        assert 0 < r["fraction_of_ale_bound"] and 0 < r["fraction_of_network_bound"]
+        assert 0 <= r["ps_busy_fraction"] < 1 and r["peak_rss_mb"]["worker_max"] > 100
+    b = res["bounds"]
+    assert b["ale_env_steps_per_s_per_core"] > 0 and b["network"]["env_steps_per_s_per_core"] > 0
+    assert b["network"]["retraces"] == {"act": 1, "gradient": 1}  # fixed signatures: no retracing
+    assert "| 1x4 |" in p.stdout and "| 2x4 |" in p.stdout
+
+
+def test_bench_rejects_bad_layout():
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.bench", "--layouts", "2by8"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--layouts: '2by8' is not WORKERSxENVS" in p.stderr

@@ -295,9 +295,10 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
 
         start_ray(cfg, run_dir.name)
         n = num_workers(cfg)
-        backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n)
+        backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name)
     start = backend.status()
-    reporter = Reporter(cfg, run_dir, start, stream=stream)
+    reporter = Reporter(cfg, run_dir, start, stream=stream,
+                        ray_metrics=cfg.workers.mode == "ray")
     reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
         "version", "env_steps", "episodes", "updates")}, pid=os.getpid())
     if cfg.logging.console != "quiet":

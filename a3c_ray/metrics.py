@@ -46,7 +46,8 @@ def read_log(path: Path) -> list[dict]:
 
 
 class Reporter:
-    def __init__(self, cfg: Config, run_dir: Path, start: dict, stream=None):
+    def __init__(self, cfg: Config, run_dir: Path, start: dict, stream=None,
+                 ray_metrics: bool = False):
         self.cfg = cfg
         self.stream = stream or sys.stdout
         self.log = RunLog(run_dir / "log.jsonl")
@@ -70,7 +71,7 @@ class Reporter:
             import tensorflow as tf
 
             self._tb = tf.summary.create_file_writer(str(run_dir / "tb"))
-        self._ray_metrics = None
+        self._ray_metrics = RayMetrics(run_dir.name, "driver") if ray_metrics else None
 
     # ---- inputs ------------------------------------------------------------
     def segment(self, stats: dict) -> None:
@@ -109,6 +110,8 @@ class Reporter:
         self.episodes += 1
         self.scores.append(ep["score"])
         avg = self.mean_score
+        if self._ray_metrics is not None:
+            self._ray_metrics.driver_episode(ep["score"], avg)
         self.log.write("episode", episode=self.episodes, env_steps=self.env_steps,
                        frames=self.env_steps * self.cfg.frames_per_step, worker=worker,
                        score=ep["score"], length=ep["length"],
@@ -174,6 +177,8 @@ class Reporter:
         self._window.append((now, self.env_steps))
         st = self.status()
         self.log.write("status", **st)
+        if self._ray_metrics is not None:
+            self._ray_metrics.driver_status(st["steps_per_s"] or 0.0)
         if self._tb is not None:
             import tensorflow as tf
 
@@ -223,3 +228,77 @@ def _human(n: float) -> str:
 def _hms(s: float) -> str:
     s = int(s)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# ---- Ray metrics (dashboard Metrics view / Prometheus) --------------------------
+
+LAG_BOUNDARIES = [0.5, 1.5, 2.5, 3.5, 5, 8, 12, 16, 32, 64]
+APPLY_BOUNDARIES = [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+
+
+class RayMetrics:
+    """Application metrics through ``ray.util.metrics``, tagged by run and worker.
+
+    Created inside each actor (and the driver); Ray exports them on every node's
+    Prometheus endpoint as ``ray_a3c_*``.
+    """
+
+    def __init__(self, run: str, role: str):
+        from ray.util import metrics as m
+
+        self.tags = {"run": run, "worker": role}
+        keys = ("run", "worker")
+        self.env_steps = m.Counter("a3c_env_steps", "Agent steps played", tag_keys=keys)
+        self.frames = m.Counter("a3c_frames", "Emulator frames played", tag_keys=keys)
+        self.worker_time = m.Counter("a3c_worker_time_seconds", "Worker time by section",
+                                     tag_keys=(*keys, "section"))
+        self.entropy = m.Gauge("a3c_policy_entropy", "Policy entropy of the last segment",
+                               tag_keys=keys)
+        self.rss = m.Gauge("a3c_rss_bytes", "Peak resident memory of the process", tag_keys=keys)
+        self.episodes = m.Counter("a3c_episodes", "Finished episodes", tag_keys=keys)
+        self.score = m.Gauge("a3c_episode_score", "Score of the last finished episode",
+                             tag_keys=keys)
+        self.score_avg = m.Gauge("a3c_episode_score_avg", "Moving-average episode score",
+                                 tag_keys=keys)
+        self.steps_per_s = m.Gauge("a3c_env_steps_per_second", "Env steps per second",
+                                   tag_keys=keys)
+        self.updates = m.Counter("a3c_updates", "Gradients applied by the PS", tag_keys=keys)
+        self.rejected = m.Counter("a3c_gradients_rejected", "Gradients rejected by the PS",
+                                  tag_keys=(*keys, "reason"))
+        self.lag = m.Histogram("a3c_policy_lag", "PS version minus the gradient's version",
+                               boundaries=LAG_BOUNDARIES, tag_keys=keys)
+        self.apply_s = m.Histogram("a3c_ps_apply_seconds", "PS time to apply one gradient",
+                                   boundaries=APPLY_BOUNDARIES, tag_keys=keys)
+        self.lr = m.Gauge("a3c_learning_rate", "Current learning rate", tag_keys=keys)
+        self.version = m.Gauge("a3c_weights_version", "Weights version of the PS", tag_keys=keys)
+
+    def worker_segment(self, stats: dict, frames_per_step: int) -> None:
+        t = self.tags
+        self.env_steps.inc(stats["env_steps"], t)
+        self.frames.inc(stats["env_steps"] * frames_per_step, t)
+        for k in TIME_SECTIONS:
+            v = stats["time"].get(k, 0.0)
+            if v > 0:
+                self.worker_time.inc(v, {**t, "section": k})
+        self.entropy.set(stats["losses"]["entropy"], t)
+        self.rss.set(stats["rss_mb"] * 2**20, t)
+
+    def ps_update(self, last: dict) -> None:
+        t = self.tags
+        if last["status"] == "applied":
+            self.updates.inc(1, t)
+        else:
+            self.rejected.inc(1, {**t, "reason": last["status"].replace("rejected_", "")})
+        self.lag.observe(max(last["lag"], 0), t)
+        self.apply_s.observe(last["apply_s"], t)
+        self.lr.set(last["lr"], t)
+        self.version.set(last["version"], t)
+        self.rss.set(last["rss_mb"] * 2**20, t)
+
+    def driver_episode(self, score: float, avg: float) -> None:
+        self.episodes.inc(1, self.tags)
+        self.score.set(score, self.tags)
+        self.score_avg.set(avg, self.tags)
+
+    def driver_status(self, steps_per_s: float) -> None:
+        self.steps_per_s.set(steps_per_s, self.tags)

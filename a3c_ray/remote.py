@@ -65,6 +65,7 @@ def _actor_classes():
     """Define the Ray actors lazily, so importing this module does not import Ray."""
     import ray
 
+    from .metrics import RayMetrics
     from .parameter_server import ParameterServer
     from .worker import RolloutWorker
 
@@ -76,16 +77,19 @@ def _actor_classes():
         from the latest checkpoint in its directory, if there is one.
         """
 
-        def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus):
+        def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run):
             self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
             if self.ps._manager is not None and self.ps._manager.latest_checkpoint:
                 self.ps.restore()
+            self.metrics = RayMetrics(run, "ps")
 
         def get_weights(self):
             return self.ps.get_weights()
 
         def apply_gradients(self, grads, meta):
-            return self.ps.apply_gradients(grads, meta)
+            out = self.ps.apply_gradients(grads, meta)
+            self.metrics.ps_update(self.ps.last)
+            return out
 
         def save_checkpoint(self, extra=None):
             return self.ps.save_checkpoint(extra)
@@ -97,12 +101,16 @@ def _actor_classes():
     class RolloutWorkerActor:
         """Thin Ray shell around RolloutWorker."""
 
-        def __init__(self, cfg, index, cpus):
+        def __init__(self, cfg, index, cpus, run):
             self.worker = RolloutWorker(cfg, index, cpus=cpus)
+            self.metrics = RayMetrics(run, f"worker-{index}")
+            self.frames_per_step = cfg.frames_per_step
 
         @ray.method(num_returns=2)
         def compute_gradients(self, weights):
-            return self.worker.compute_gradients(weights)
+            grads, stats = self.worker.compute_gradients(weights)
+            self.metrics.worker_segment(stats, self.frames_per_step)
+            return grads, stats
 
         def ping(self):
             return self.worker.index
@@ -112,7 +120,7 @@ def _actor_classes():
 
 class RayBackend:
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
-                 num_workers: int):
+                 num_workers: int, run: str = "a3c"):
         import ray
 
         self.ray = ray
@@ -121,11 +129,11 @@ class RayBackend:
         self.ps = PS.options(
             name="a3c-ps", num_cpus=w.ps_cpus, resources=dict(w.ps_resources) or None,
             max_restarts=w.max_restarts, max_task_retries=0,
-        ).remote(cfg, obs_shape, n_actions, ckpt_dir, max(w.ps_cpus, 1.0))
+        ).remote(cfg, obs_shape, n_actions, ckpt_dir, max(w.ps_cpus, 1.0), run)
         self.workers = [
             Worker.options(name=f"a3c-worker-{i}", num_cpus=w.cpus_per_worker,
                            max_restarts=w.max_restarts, max_task_retries=0,
-                           ).remote(cfg, i, max(w.cpus_per_worker, 1.0))
+                           ).remote(cfg, i, max(w.cpus_per_worker, 1.0), run)
             for i in range(num_workers)]
         # Fail early (and clearly) if an actor cannot start.
         ray.get([wk.ping.remote() for wk in self.workers] + [self.ps.status.remote()])

@@ -220,7 +220,8 @@ class Trainer:
 
     def run(self) -> str:
         b, r = self.backend, self.reporter
-        weights = newest = b.initial_weights()
+        weights = b.initial_weights()
+        pending: list = []  # weights refs from recent applies, oldest first (<= n_workers)
         for i in range(self.n_workers):
             b.submit(i, weights)
         t_start = last_ckpt = time.time()
@@ -237,11 +238,14 @@ class Trainer:
                 meta = {"version": stats["version"], "env_steps": stats["env_steps"],
                         "episodes": len(stats["episodes"]), "worker": i}
                 newest = b.apply(grads, meta)
-                if self.cfg.workers.wait_for_update or b.is_ready(newest):
+                if self.cfg.workers.wait_for_update:
                     weights = newest
-                # Without wait_for_update the worker plays on at once with the newest
-                # weights already applied, instead of idling for the PS round trip
-                # (costs about one version of extra policy lag).
+                else:
+                    # Play on at once with the newest weights the PS has already
+                    # produced instead of idling for this gradient's round trip
+                    # (about one version of extra policy lag).
+                    pending.append(newest)
+                    weights, pending = b.newest_ready(weights, pending[-self.n_workers:])
                 b.submit(i, weights)
                 r.segment(stats)
             r.tick()

@@ -47,8 +47,8 @@ class SerialBackend:
     def apply(self, grads: Any, meta: dict) -> Any:
         return self.ps.apply_gradients(grads, meta)
 
-    def is_ready(self, weights: Any) -> bool:
-        return True
+    def newest_ready(self, current: Any, pending: list) -> tuple[Any, list]:
+        return pending[-1], []
 
     def checkpoint(self, extra: dict) -> str:
         return self.ps.save_checkpoint(extra)
@@ -164,8 +164,17 @@ class RayBackend:
     def apply(self, grads_ref: Any, meta: dict) -> Any:
         return self.ps.apply_gradients.remote(grads_ref, meta)
 
-    def is_ready(self, ref: Any) -> bool:
-        return bool(self.ray.wait([ref], timeout=0)[0])
+    def newest_ready(self, current: Any, pending: list) -> tuple[Any, list]:
+        """(newest finished weights ref or `current`, the refs still pending).
+
+        The PS runs applies in order, so a finished ref makes all older ones stale.
+        """
+        ready, _ = self.ray.wait(pending, num_returns=len(pending), timeout=0)
+        if not ready:
+            return current, pending
+        done = set(ready)
+        last = max(i for i, r in enumerate(pending) if r in done)
+        return pending[last], pending[last + 1:]
 
     def checkpoint(self, extra: dict) -> str:
         return self.ray.get(self.ps.save_checkpoint.remote(extra))

@@ -176,7 +176,19 @@ def start_ray(cfg: Config, run_name: str) -> None:
         runtime_env={"env_vars": env_vars})
     if cfg.ray.metrics_export_port:
         kwargs["_metrics_export_port"] = cfg.ray.metrics_export_port
-    ray.init(**kwargs)
+    ctx = ray.init(**kwargs)
+    if cfg.ray.include_dashboard and cfg.logging.console != "quiet":
+        print(f"a3c_ray: Ray dashboard at http://{ctx.dashboard_url}", flush=True)
+
+
+def ray_session_dir() -> Optional[str]:
+    """The Ray session directory on this node (its logs and Prometheus scrape config)."""
+    try:
+        from ray._private import worker as ray_worker
+
+        return ray_worker._global_node.get_session_dir_path()
+    except Exception:  # private API: informational only
+        return None
 
 
 def num_workers(cfg: Config) -> int:
@@ -304,7 +316,8 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
     reporter = Reporter(cfg, run_dir, start, stream=stream,
                         ray_metrics=cfg.workers.mode == "ray")
     reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
-        "version", "env_steps", "episodes", "updates")}, pid=os.getpid())
+        "version", "env_steps", "episodes", "updates")}, pid=os.getpid(),
+        ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None)
     if cfg.logging.console != "quiet":
         print(f"a3c_ray: {cfg.env.id} | {n} workers x {cfg.training.envs_per_worker} envs | "
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "

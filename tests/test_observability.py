@@ -1,0 +1,136 @@
+"""What users watch, read from the real components while a run is going:
+the node's Prometheus endpoint, a real Prometheus server scraping it with the
+config Ray writes, and Ray's state API (what the dashboard shows)."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from a3c_ray.metrics import read_log
+from conftest import ROOT
+
+METRICS_PORT = 18481
+DASHBOARD_PORT = 18465
+PROM_PORT = 18490
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def wait_for(fn, timeout, what):
+    t_end = time.time() + timeout
+    last = None
+    while time.time() < t_end:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+def metric_sum(text, name):
+    vals = [float(m.group(1)) for m in re.finditer(rf"^{name}{{[^}}]*}} ([0-9.e+-]+)$", text,
+                                                   re.M)]
+    return sum(vals) if vals else None
+
+
+@pytest.fixture(scope="module")
+def live_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("obs") / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "a3c_ray.driver", "--env", "pong", "--workers", "2",
+         "--time-limit", "5", "--run-dir", str(run), "--set", "training.envs_per_worker=4",
+         "--set", f"ray.metrics_export_port={METRICS_PORT}",
+         "--set", f"ray.dashboard_port={DASHBOARD_PORT}",
+         "--set", "logging.console_interval_seconds=2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (run / "log.jsonl").is_file() and any(
+            r["type"] == "segment" for r in read_log(run / "log.jsonl")), 240, "first segment")
+        yield run, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_prometheus_endpoint_has_advancing_a3c_metrics(live_run):
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    text = wait_for(lambda: (t := http_get(url)) if "ray_a3c_env_steps_total" in t else None,
+                    60, "a3c metrics on the endpoint")
+    for name in ("ray_a3c_env_steps_total", "ray_a3c_frames_total", "ray_a3c_updates_total",
+                 "ray_a3c_worker_time_seconds_total", "ray_a3c_policy_lag_bucket",
+                 "ray_a3c_ps_apply_seconds_bucket", "ray_a3c_learning_rate",
+                 "ray_a3c_rss_bytes", "ray_a3c_policy_entropy"):
+        assert name in text, name
+    assert 'worker="worker-0"' in text and 'worker="ps"' in text
+    first = metric_sum(text, "ray_a3c_env_steps_total")
+    time.sleep(8)
+    second = metric_sum(http_get(url), "ray_a3c_env_steps_total")
+    assert second > first > 0
+
+
+def test_actors_named_and_alive_in_state_api(live_run):
+    from ray.util.state import list_actors
+
+    actors = wait_for(lambda: list_actors(address=f"http://127.0.0.1:{DASHBOARD_PORT}",
+                                          filters=[("state", "=", "ALIVE")]),
+                      60, "state API")
+    names = {a.name for a in actors}
+    assert {"a3c-ps", "a3c-worker-0", "a3c-worker-1"} <= names, names
+    namespaces = {a.ray_namespace for a in actors if a.name and a.name.startswith("a3c-")}
+    assert namespaces == {f"a3c-{live_run[0].name}"}
+
+
+def test_real_prometheus_scrapes_a3c_metrics(live_run, tmp_path):
+    prom = shutil.which("prometheus")
+    assert prom, "prometheus is not installed: .ci/run installs Debian's prometheus package"
+    start = next(r for r in read_log(live_run[0] / "log.jsonl") if r["type"] == "start")
+    config = os.path.join(start["ray_session_dir"], "metrics", "prometheus", "prometheus.yml")
+    assert os.path.isfile(config)
+    p = subprocess.Popen([prom, f"--config.file={config}",
+                          f"--web.listen-address=127.0.0.1:{PROM_PORT}",
+                          f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        q = urllib.parse.quote("sum(ray_a3c_env_steps_total)")
+        url = f"http://127.0.0.1:{PROM_PORT}/api/v1/query?query={q}"
+
+        def value():
+            res = json.loads(http_get(url))["data"]["result"]
+            return float(res[0]["value"][1]) if res else None
+
+        v1 = wait_for(value, 90, "Prometheus to scrape the a3c metrics")
+        v2 = wait_for(lambda: (v := value()) if v and v > v1 else None, 60, "a second scrape")
+        assert v2 > v1 > 0
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def test_sigterm_writes_final_checkpoint_and_exits_cleanly(live_run):
+    run, proc = live_run
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    stop = [r for r in read_log(run / "log.jsonl") if r["type"] == "stop"][-1]
+    assert stop["stop_reason"] == "SIGTERM"
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert latest["counters"]["env_steps"] == stop["env_steps"] > 0
+    assert "steps/s" in out and "ETA" in out

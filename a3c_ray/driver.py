@@ -208,9 +208,10 @@ def num_workers(cfg: Config) -> int:
 class Trainer:
     """The asynchronous A3C loop over a backend (Ray or serial)."""
 
-    def __init__(self, cfg: Config, backend, reporter, n_workers: int):
+    def __init__(self, cfg: Config, backend, reporter, n_workers: int, ps_incarnation: str):
         self.cfg, self.backend, self.reporter = cfg, backend, reporter
         self.n_workers = n_workers
+        self.ps_incarnation = ps_incarnation
         self.stop_reason: Optional[str] = None
         self._failures = [0] * n_workers
 
@@ -233,7 +234,7 @@ class Trainer:
     def run(self) -> str:
         b, r = self.backend, self.reporter
         weights = b.initial_weights()
-        pending: list = []  # weights refs from recent applies, oldest first (<= n_workers)
+        self.pending: list = []  # weights refs from recent applies, oldest first
         for i in range(self.n_workers):
             b.submit(i, weights)
         t_start = last_ckpt = time.time()
@@ -256,8 +257,9 @@ class Trainer:
                     # Play on at once with the newest weights the PS has already
                     # produced instead of idling for this gradient's round trip
                     # (about one version of extra policy lag).
-                    pending.append(newest)
-                    weights, pending = b.newest_ready(weights, pending[-self.n_workers:])
+                    self.pending.append(newest)
+                    weights, self.pending = b.newest_ready(weights,
+                                                           self.pending[-self.n_workers:])
                 b.submit(i, weights)
                 r.segment(stats)
             r.tick()
@@ -267,19 +269,39 @@ class Trainer:
         return reason
 
     def _worker_failed(self, i: int, err: str, weights: Any) -> Any:
-        """Drop the failed segment; resubmit (Ray restarts a dead actor)."""
+        """Drop the failed segment and resubmit (Ray restarts a dead actor).
+
+        A segment also fails when the PS died under the weights it was waiting
+        for: then fresh weights are fetched from the restarted PS, which came
+        back from its latest checkpoint, and the counters follow it.
+        """
         self._failures[i] += 1
         self.reporter.event("worker_failed", worker=i, error=err, count=self._failures[i])
-        print(f"worker {i} failed ({err}); its segment is dropped, retrying", file=sys.stderr)
+        print(f"a3c_ray: worker {i} segment failed ({err}); dropped, retrying",
+              file=sys.stderr, flush=True)
         if self._failures[i] > 20:
             raise RuntimeError(f"worker {i} failed 20 times in a row; last error: {err}")
         time.sleep(min(0.1 * self._failures[i], 2.0))
+        st = self.backend.status()  # waits for a restarting PS
+        if st["incarnation"] != self.ps_incarnation:
+            self.ps_incarnation = st["incarnation"]
+            self.reporter.resync(st)
+            self.reporter.event("ps_restarted", restored_from=st["restored_from"],
+                                counters={k: st[k] for k in ("version", "env_steps",
+                                                             "episodes", "updates")})
+            print(f"a3c_ray: parameter server restarted from {st['restored_from']}",
+                  file=sys.stderr, flush=True)
+            self.pending.clear()
+            weights = self.backend.initial_weights()
         self.backend.submit(i, weights)
         return weights
 
-    def checkpoint(self) -> str:
-        path = self.backend.checkpoint({"reporter": {"env_steps": self.reporter.env_steps,
-                                                     "episodes": self.reporter.episodes}})
+    def checkpoint(self) -> Optional[str]:
+        try:
+            path = self.backend.checkpoint({})
+        except Exception as e:  # e.g. the PS died just now: it restarts, we save next time
+            self.reporter.event("checkpoint_failed", error=str(e).splitlines()[0][:200])
+            return None
         self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps)
         return path
 
@@ -317,12 +339,13 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
                         ray_metrics=cfg.workers.mode == "ray")
     reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
         "version", "env_steps", "episodes", "updates")}, pid=os.getpid(),
-        ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None)
+        ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None,
+        ps_pid=start.get("pid"), ps_node=start.get("node"))
     if cfg.logging.console != "quiet":
         print(f"a3c_ray: {cfg.env.id} | {n} workers x {cfg.training.envs_per_worker} envs | "
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
               f"| run dir {run_dir}", file=reporter.stream, flush=True)
-    trainer = Trainer(cfg, backend, reporter, n)
+    trainer = Trainer(cfg, backend, reporter, n, start["incarnation"])
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in old:
         signal.signal(s, lambda signum, _f: trainer.request_stop(signal.Signals(signum).name))

@@ -93,7 +93,8 @@ class Reporter:
                        time={k: round(v, 5) for k, v in stats["time"].items()},
                        lag=ps.get("lag"), lr=ps.get("lr"), grad_norm=ps.get("grad_norm"),
                        ps_status=ps.get("status"), ps_apply_s=ps.get("apply_s"),
-                       rss_mb=stats.get("rss_mb"), ps_rss_mb=ps.get("rss_mb"))
+                       rss_mb=stats.get("rss_mb"), ps_rss_mb=ps.get("rss_mb"),
+                       pid=stats.get("pid"), node=stats.get("node"))
         if self._tb is not None:
             import tensorflow as tf
 
@@ -125,6 +126,14 @@ class Reporter:
                 tf.summary.scalar("episode/score_moving_avg", avg)
                 tf.summary.scalar("episode/length", ep["length"])
                 tf.summary.scalar("episode/avg_max_policy_prob", ep["avg_max_prob"])
+
+    def resync(self, ps_status: dict) -> None:
+        """Follow the PS's counters (after it came back from a checkpoint)."""
+        self.env_steps = int(ps_status["env_steps"])
+        self.episodes = int(ps_status["episodes"])
+        self.version = int(ps_status["version"])
+        self._window.clear()
+        self._window.append((time.time(), self.env_steps))
 
     def event(self, kind: str, **fields: Any) -> None:
         if kind == "worker_failed":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -61,6 +62,9 @@ class ParameterServer:
         self._apply = self._compile_apply(tf)
         self._weights_cache: Optional[dict] = None
         self.last: dict[str, Any] = {}
+        # Changes when the PS process is re-created (Ray restart): the driver notices.
+        self.incarnation = f"{time.time():.6f}"
+        self.restored_from: Optional[str] = None
 
     def identity(self) -> str:
         return identity(self.cfg, self.net.obs_shape, self.net.n_actions)
@@ -134,7 +138,8 @@ class ParameterServer:
 
     def status(self) -> dict:
         return {**self.counters, "lr": self.lr, "last": dict(self.last),
-                "num_params": self.net.num_params()}
+                "num_params": self.net.num_params(), "incarnation": self.incarnation,
+                "restored_from": self.restored_from, "pid": os.getpid()}
 
     # ---- checkpoints ---------------------------------------------------------
     def save_checkpoint(self, extra: Optional[dict] = None) -> str:
@@ -166,6 +171,7 @@ class ParameterServer:
         self.counters = {k: int(v.numpy()) for k, v in self._tf_counters.items()}
         self.lr = self._lr()
         self._weights_cache = None
+        self.restored_from = target
         return dict(self.counters)
 
 

@@ -95,7 +95,7 @@ def _actor_classes():
             return self.ps.save_checkpoint(extra)
 
         def status(self):
-            return self.ps.status()
+            return {**self.ps.status(), "node": ray.get_runtime_context().get_node_id()}
 
     @ray.remote
     class RolloutWorkerActor:
@@ -105,11 +105,13 @@ def _actor_classes():
             self.worker = RolloutWorker(cfg, index, cpus=cpus)
             self.metrics = RayMetrics(run, f"worker-{index}")
             self.frames_per_step = cfg.frames_per_step
+            self.node = ray.get_runtime_context().get_node_id()
 
         @ray.method(num_returns=2)
         def compute_gradients(self, weights):
             grads, stats = self.worker.compute_gradients(weights)
             self.metrics.worker_segment(stats, self.frames_per_step)
+            stats["node"] = self.node
             return grads, stats
 
         def ping(self):

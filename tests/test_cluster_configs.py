@@ -30,3 +30,18 @@ def test_cluster_config_security_and_metrics(path):
     assert "--metrics-export-port=8080" in head
     assert '"ps_node": 1' in head                         # where the PS goes
     assert any("a3c_ray" in c for c in cfg["setup_commands"])
+
+
+def test_grafana_dashboard_queries_only_metrics_we_export():
+    import json
+    import re
+
+    dash = json.loads((CLUSTER / "grafana_a3c_dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"ray_a3c_[a-z_]+", e)}
+    exported = set(re.findall(r'm\.(?:Counter|Gauge|Histogram)\("(a3c_[a-z_]+)"',
+                              (CLUSTER.parent / "a3c_ray" / "metrics.py").read_text()))
+    # Prometheus names: ray_ prefix; counters get _total, histograms _bucket
+    base = {re.sub(r"_(total|bucket|sum|count)$", "", u)[4:] for u in used}
+    assert base <= exported, base - exported
+    assert len(dash["panels"]) >= 10

@@ -1,0 +1,129 @@
+"""Scores table: ``python -m a3c_ray.scores RUN_DIR [RUN_DIR ...] -o docs/scores.md``.
+
+For each finished run: frames and wall time trained, cores, the evaluation score
+of its latest checkpoint, a random policy measured with the same protocol, and
+the A3C paper's figure, as one Markdown table. ``--train GAME --minutes M`` trains
+a run first (default config) and then scores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .config import ConfigError, from_dict, load_yaml
+from .metrics import read_log
+
+#: A3C FF, 1 day on 16 CPU cores, human starts (Mnih et al. 2016, Table S3).
+PAPER_A3C = {"breakout": 551.6, "spaceinvaders": 2214.7, "pong": 11.4, "assault": 3746.1,
+             "beamrider": 13235.9}
+
+
+def run_summary(run_dir: Path) -> dict:
+    recs = read_log(run_dir / "log.jsonl")
+    stops = [r for r in recs if r["type"] == "stop"]
+    if not stops:
+        raise ValueError(f"{run_dir}: the run has not stopped yet (no stop record)")
+    starts = [r for r in recs if r["type"] == "start"]
+    wall = 0.0
+    for st in starts:  # sum of the wall time of each (resumed) session
+        end = next((r["t"] for r in recs if r["type"] == "stop" and r["t"] > st["t"]), None)
+        if end:
+            wall += end - st["t"]
+    cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
+    return {"game": cfg.env.id, "frames": stops[-1]["env_steps"] * cfg.frames_per_step,
+            "wall_minutes": wall / 60, "workers": starts[-1]["workers"], "cfg": cfg}
+
+
+def random_score(cfg, episodes: int = 10, seed: int = 7) -> float:
+    from .envs import EnvBatch
+
+    n = min(8, episodes)
+    envs = EnvBatch(cfg, n, seed)
+    envs.reset()
+    rng = np.random.default_rng(seed)
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    scores = []
+    while (quota > 0).any():
+        res = envs.step(rng.integers(0, envs.n_actions, n).astype(np.int32))
+        for i in np.flatnonzero(res.finished):
+            if quota[i] > 0:
+                quota[i] -= 1
+                scores.append(res.scores[i])
+    envs.close()
+    return float(np.mean(scores))
+
+
+def build_table(rows: list[dict]) -> str:
+    lines = ["| game | frames | wall time | cores | a3c_ray eval (mean ± std, N) | random "
+             "(same protocol) | x random | A3C paper (1 day, 16 cores, human starts) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        # A ratio to random means nothing where scores are negative (Pong).
+        times = (f"{r['eval_mean'] / r['random']:.1f}x" if r["random"] > 0 and r["eval_mean"] > 0
+                 else "-")
+        lines.append(
+            f"| {r['game']} | {r['frames'] / 1e6:.1f} M | {r['wall_minutes']:.0f} min | "
+            f"{r['cores']} | {r['eval_mean']:.1f} ± {r['eval_std']:.1f} ({r['episodes']}) | "
+            f"{r['random']:.1f} | {times} | {PAPER_A3C.get(r['game'], '-')} |")
+    lines.append("")
+    lines.append("Protocol: a3c_ray evaluates with no-op starts (up to 30), sticky actions off, "
+                 "frame skip 4, true game score, episodes capped at 108k frames; the A3C "
+                 "paper's figures use human starts, so the two are comparable only roughly. "
+                 "Pong has no meaningful 'x random' ratio (scores are negative).")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .evaluate import evaluate
+
+    p = argparse.ArgumentParser(prog="python -m a3c_ray.scores", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", help="finished run directories")
+    p.add_argument("--train", metavar="GAME", action="append", default=[],
+                   help="train GAME first with the default config (repeatable)")
+    p.add_argument("--minutes", type=float, default=60.0, help="training time per --train game")
+    p.add_argument("--episodes", type=int, default=30, help="evaluation episodes per run")
+    p.add_argument("--policy", choices=("greedy", "sampled"), default="sampled")
+    p.add_argument("-o", "--out", default="scores.md", help="Markdown output file")
+    args = p.parse_args(argv)
+    runs = [Path(r) for r in args.runs]
+    for game in args.train:
+        from .driver import main as driver_main
+
+        run = Path("runs") / f"scores-{game}"
+        rc = driver_main(["--env", game, "--time-limit", str(args.minutes), "--run-dir",
+                          str(run), "--console", "line"])
+        if rc != 0:
+            return rc
+        runs.append(run)
+    if not runs:
+        p.error("give finished run directories, or --train GAME")
+    rows = []
+    for run in runs:
+        try:
+            s = run_summary(run)
+        except (FileNotFoundError, ValueError, ConfigError) as e:
+            print(f"a3c_ray.scores: error: {e}", file=sys.stderr)
+            return 2
+        ev = evaluate(str(run), episodes=args.episodes, policy=args.policy)
+        rows.append({"game": s["game"], "frames": s["frames"], "wall_minutes": s["wall_minutes"],
+                     "cores": os.cpu_count(), "eval_mean": ev["score_mean"],
+                     "eval_std": ev["score_std"], "episodes": ev["episodes"],
+                     "random": random_score(s["cfg"], episodes=10)})
+        print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
+    table = build_table(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -99,6 +99,67 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     }
 
 
+def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "greedy",
+                  seed: int = 12345, max_frames: int = 20000) -> list[str]:
+    """Play `episodes` with the checkpoint's policy and save each as an animated GIF.
+
+    Uses gymnasium's single ALE env (which can render RGB) with gymnasium's Atari
+    preprocessing, equivalent to the vector env's, so the policy sees the same
+    kind of input it was trained on.
+    """
+    import ale_py
+    import gymnasium as gym
+    import tensorflow as tf
+    from PIL import Image
+
+    from .envs import EnvBatch
+
+    run_dir, prefix = locate(target)
+    cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
+    if not cfg.is_atari:
+        raise ConfigError(f"--video: only Atari games are recorded, not {cfg.env.id}")
+    probe = EnvBatch(cfg, 1, seed)
+    action_map, fire = probe.action_map, probe.fire_action
+    net = load_policy(cfg, prefix, probe.obs_shape, probe.n_actions)
+    probe.close()
+    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(np.uint8)])
+    gym.register_envs(ale_py)
+    e = cfg.env
+    camel = "".join(w.capitalize() for w in cfg.game_name.split("_"))
+    env = gym.make(f"ALE/{camel}-v5", frameskip=1, render_mode="rgb_array",
+                   repeat_action_probability=e.repeat_action_probability,
+                   max_num_frames_per_episode=e.max_episode_frames)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=e.noop_max, frame_skip=e.frame_skip,
+                                          screen_size=e.screen_size)
+    env = gym.wrappers.FrameStackObservation(env, e.frame_stack)
+    rng = np.random.default_rng(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ep in range(episodes):
+        obs, info = env.reset(seed=seed + ep)
+        frames, score, lives, force_fire = [env.render()], 0.0, info.get("lives", 0), fire is not None
+        for _ in range(max_frames):
+            logits = logits_fn(np.asarray(obs, np.uint8)[None]).numpy()[0].astype(np.float64)
+            a = int(np.argmax(logits if policy == "greedy" else
+                              logits + rng.gumbel(size=logits.shape)))
+            if force_fire:
+                a = fire
+            obs, r, term, trunc, info = env.step(int(action_map[a]))
+            score += float(r)
+            force_fire = fire is not None and info.get("lives", 0) < lives
+            lives = info.get("lives", 0)
+            frames.append(env.render())
+            if term or trunc:
+                break
+        path = out / f"{cfg.game_name}-ep{ep}-score{score:g}.gif"
+        imgs = [Image.fromarray(f) for f in frames[::2]]  # every other step: 7.5 fps of play
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=67, loop=0)
+        paths.append(str(path))
+    env.close()
+    return paths
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .parameter_server import CheckpointError
 
@@ -112,6 +173,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
     p.add_argument("--envs", type=int, default=8, help="episodes played in parallel")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--video", metavar="DIR", help="also record episodes as animated GIFs here")
+    p.add_argument("--video-episodes", type=int, default=1, help="episodes to record")
     args = p.parse_args(argv)
     if args.episodes < 1:
         print("a3c_ray.evaluate: --episodes must be >= 1", file=sys.stderr)
@@ -128,6 +191,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"  protocol: {res['protocol']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
+    if args.video:
+        try:
+            for path in record_videos(args.target, args.video, args.video_episodes,
+                                      args.policy, args.seed):
+                print(f"  video: {path}")
+        except ConfigError as e:
+            print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -21,3 +21,14 @@ def run_driver(*args, timeout=600, cwd=None):
 @pytest.fixture
 def driver():
     return run_driver
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory):
+    """A few seconds of real Breakout training with a checkpoint (shared by tests)."""
+    run = tmp_path_factory.mktemp("short") / "breakout"
+    p = run_driver("--env", "breakout", "--workers", "2", "--total-steps", "1500",
+                   "--run-dir", str(run), "--set", "training.envs_per_worker=4",
+                   "--set", "ray.include_dashboard=false", "--console", "quiet")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run

@@ -1,0 +1,87 @@
+"""evaluate and plot on a short real run: their outputs, and their errors."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from a3c_ray.evaluate import evaluate
+from a3c_ray.plot import moving_average
+from conftest import ROOT
+
+
+def cli(module, *args):
+    return subprocess.run([sys.executable, "-m", f"a3c_ray.{module}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_reports_true_scores_and_protocol(short_run, tmp_path):
+    out = tmp_path / "eval.json"
+    p = cli("evaluate", str(short_run), "--episodes", "5", "--policy", "sampled",
+            "--json", str(out), "--envs", "5")
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(out.read_text())
+    s = np.array(res["scores"])
+    assert res["episodes"] == len(s) == 5 and res["game"] == "breakout"
+    assert res["score_mean"] == s.mean() and res["score_max"] == s.max()
+    assert res["score_min"] <= res["score_median"] <= res["score_max"]
+    assert (s >= 0).all() and (s == np.round(s)).all()  # Breakout: whole, unclipped points
+    assert res["length_mean"] > 20
+    assert "no-op starts up to 30" in p.stdout and "sticky actions off" in p.stdout
+    assert "frame skip 4" in p.stdout
+
+
+def test_evaluate_is_repeatable_with_a_seed(short_run):
+    a = evaluate(str(short_run), episodes=3, policy="sampled", seed=3, num_envs=3)
+    b = evaluate(str(short_run), episodes=3, policy="sampled", seed=3, num_envs=3)
+    assert a["scores"] == b["scores"]
+
+
+def test_evaluate_video_writes_gif(short_run, tmp_path):
+    p = cli("evaluate", str(short_run), "--episodes", "1", "--video", str(tmp_path / "v"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    gifs = list((tmp_path / "v").glob("breakout-ep0-*.gif"))
+    assert len(gifs) == 1
+    with Image.open(gifs[0]) as im:
+        assert im.n_frames > 10 and im.size == (160, 210)
+
+
+def test_evaluate_errors(short_run, tmp_path):
+    p = cli("evaluate", str(tmp_path / "missing"))
+    assert p.returncode == 2 and "not a run directory or a checkpoint" in p.stderr
+    # a run of another game: the checkpoint's identity does not match
+    other = tmp_path / "other"
+    shutil.copytree(short_run, other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["env"]["id"] = "pong"
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    p = cli("evaluate", str(other))
+    assert p.returncode == 2 and "trained with" in p.stderr and "game" in p.stderr
+    # a corrupt checkpoint
+    bad = tmp_path / "bad"
+    shutil.copytree(short_run, bad)
+    for f in (bad / "checkpoints").glob("*.index"):
+        f.write_bytes(b"garbage")
+    p = cli("evaluate", str(bad))
+    assert p.returncode == 2 and "corrupt" in p.stderr
+    assert p.stderr.count("\n") == 1  # one line
+
+
+def test_plot_draws_runs(short_run, tmp_path):
+    out = tmp_path / "curves.png"
+    p = cli("plot", str(short_run), str(short_run), "-o", str(out), "--window", "5")
+    assert p.returncode == 0, p.stderr[-2000:]
+    with Image.open(out) as im:
+        assert im.size == (1300, 800)
+        px = np.asarray(im.convert("RGB"))
+    assert (px != 255).any(axis=2).mean() > 0.05  # something was drawn
+    p = cli("plot", str(tmp_path), "-o", str(tmp_path / "x.png"))
+    assert p.returncode == 2 and "no log.jsonl" in p.stderr
+
+
+def test_moving_average_golden():
+    np.testing.assert_allclose(moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 2),
+                               [1.0, 1.5, 2.5, 3.5])

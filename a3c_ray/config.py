@@ -162,7 +162,8 @@ class RayConfig:
     include_dashboard: bool = _f(True, "Start the Ray dashboard with a local Ray.")
     dashboard_host: str = _f("127.0.0.1", "Dashboard bind address (keep it on localhost; "
                              "reach it through an SSH tunnel).")
-    dashboard_port: int = _f(8265, "Dashboard port.", min=1, max=65535)
+    dashboard_port: Optional[int] = _f(None, "Dashboard port; default Ray's (8265, or a free "
+                                       "one if that is taken).", min=1, max=65535)
     metrics_export_port: Optional[int] = _f(None, "Fixed port of the node's Prometheus "
                                             "metrics endpoint (local Ray only).", min=1, max=65535)
     num_cpus: Optional[int] = _f(None, "CPUs of a local Ray; default all of this machine's.",

@@ -15,6 +15,7 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -35,9 +36,16 @@ class RunError(RuntimeError):
 
 # ---- command line -------------------------------------------------------------
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that names the flag and points to --help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_CONFIG, f"a3c_ray: error: {message}; see --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     docs = "\n".join(f"  {k:34s} {v}" for k, v in field_docs().items())
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m a3c_ray.driver",
         description="Train an A3C agent with a Ray parameter server and rollout workers. "
                     "Settings come from ray_config.yaml; flags override it.",
@@ -133,22 +141,22 @@ def _workers(s: str) -> int:
 
 # ---- run directory -------------------------------------------------------------
 
-def prepare_run_dir(cfg: Config, resume: bool) -> Path:
+def run_dir_for(cfg: Config) -> Path:
     if cfg.logging.run_dir:
-        run_dir = Path(cfg.logging.run_dir)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.logging.runs_root) / f"{cfg.env.id.replace('/', '_')}-{stamp}"
-    ckpt = run_dir / "checkpoints"
-    has_ckpt = (ckpt / "checkpoint").is_file()
+        return Path(cfg.logging.run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.logging.runs_root) / f"{cfg.env.id.replace('/', '_')}-{stamp}"
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse, before anything is written, a run dir that would lose or mix up a run."""
+    has_ckpt = (run_dir / "checkpoints" / "checkpoint").is_file()
     if resume and not has_ckpt:
         raise RunError(f"--resume: {run_dir} has no checkpoint yet; start it anew with "
                        f"--run-dir {run_dir} (after removing it) or resume another run")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"--run-dir: {run_dir} already holds a run; pass --resume {run_dir} "
                        "to continue it, or choose a new --run-dir")
-    ckpt.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 # ---- Ray -----------------------------------------------------------------------
@@ -172,8 +180,9 @@ def start_ray(cfg: Config, run_name: str) -> None:
     kwargs: dict[str, Any] = dict(
         num_cpus=cfg.ray.num_cpus or os.cpu_count(), namespace=namespace,
         include_dashboard=cfg.ray.include_dashboard, dashboard_host=cfg.ray.dashboard_host,
-        dashboard_port=cfg.ray.dashboard_port, logging_level="WARNING",
-        runtime_env={"env_vars": env_vars})
+        logging_level="WARNING", runtime_env={"env_vars": env_vars})
+    if cfg.ray.dashboard_port:
+        kwargs["dashboard_port"] = cfg.ray.dashboard_port
     if cfg.ray.metrics_export_port:
         kwargs["_metrics_export_port"] = cfg.ray.metrics_export_port
     ctx = ray.init(**kwargs)
@@ -311,17 +320,21 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
     from .envs import EnvBatch
     from .metrics import Reporter
 
-    run_dir = prepare_run_dir(cfg, resume)
-    cfg = cfg.replace(logging=cfg.logging.__class__(
-        **{**cfg.logging.__dict__, "run_dir": str(run_dir)}))
-    if not resume:
-        save_config(cfg, run_dir / "config.yaml")
+    # Everything that can be wrong is checked before anything is written or started.
+    run_dir = run_dir_for(cfg)
+    check_run_dir(run_dir, resume)
     ckpt_dir = str((run_dir / "checkpoints").resolve())
-    if resume:
-        _check_resume(cfg, ckpt_dir)
     probe = EnvBatch(cfg, 1, cfg.seed)  # fails fast on a bad game, gives the shapes
     obs_shape, n_actions = probe.obs_shape, probe.n_actions
     probe.close()
+    if resume:
+        _check_resume(cfg, ckpt_dir, obs_shape, n_actions)
+    if cfg.workers.mode == "ray":
+        check_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    cfg = cfg.replace(logging=dataclasses.replace(cfg.logging, run_dir=str(run_dir)))
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(cfg, run_dir / "config.yaml")
 
     if cfg.workers.mode == "serial":
         from .remote import SerialBackend
@@ -370,20 +383,33 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
         backend.shutdown()
 
 
-def _check_resume(cfg: Config, ckpt_dir: str) -> None:
-    """Check the latest checkpoint matches this config before any actor starts."""
+def _check_resume(cfg: Config, ckpt_dir: str, obs_shape: tuple, n_actions: int) -> None:
+    """The latest checkpoint must be whole and match this config, before any actor starts."""
     import tensorflow as tf
 
-    from .envs import EnvBatch
-    from .parameter_server import check_checkpoint, identity
+    from .parameter_server import check_checkpoint, identity, verify_checkpoint
 
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if not latest:
         raise RunError(f"--resume: no readable checkpoint in {ckpt_dir}; start a new run")
-    probe = EnvBatch(cfg, 1, cfg.seed)
-    ident = identity(cfg, probe.obs_shape, probe.n_actions)
-    probe.close()
-    check_checkpoint(latest, ident)
+    check_checkpoint(latest, identity(cfg, obs_shape, n_actions))
+    verify_checkpoint(latest)
+
+
+def check_address(address: Optional[str]) -> None:
+    """Fail in seconds, with one line, if a host:port cluster address does not answer."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+    except (OSError, ValueError) as e:
+        raise RunError(f"--address: cannot reach a Ray cluster at {address!r} ({e}); check "
+                       "the address, or omit --address (and unset RAY_ADDRESS) to run "
+                       "locally") from None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

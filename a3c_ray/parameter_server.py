@@ -198,6 +198,20 @@ def read_identity(prefix: str) -> dict:
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
+def verify_checkpoint(prefix: str) -> None:
+    """Read every tensor of a checkpoint: a truncated or corrupt one fails here, clearly."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as e:  # TF raises several error types for bad files
+        raise CheckpointError(f"checkpoint {prefix} is missing or corrupt "
+                              f"({str(e).splitlines()[0][:120]}); resume from another "
+                              "checkpoint or start a new run") from None
+
+
 def check_checkpoint(prefix: str, expected_identity: str) -> None:
     got = read_identity(prefix)
     want = json.loads(expected_identity)

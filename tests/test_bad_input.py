@@ -1,0 +1,159 @@
+"""Bad input through the real command line: each case exits non-zero within seconds with
+one line naming the problem and the fix, and leaves existing runs untouched."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+CONFIG_CASES = {  # YAML text -> what the one line must say
+    "unknown_section": ("trainer:\n  lr: 0.1\n", "unknown section 'trainer'"),
+    "unknown_key": ("training:\n  learning_rate: 0.1\n", "training.learning_rate: unknown key"),
+    "str_for_int": ("training:\n  t_max: twenty\n", "training.t_max: must be an integer"),
+    "float_for_int": ("training:\n  envs_per_worker: 2.5\n",
+                      "training.envs_per_worker: must be an integer"),
+    "discount_range": ("training:\n  discount: 2\n", "training.discount: must be <= 1.0"),
+    "negative_lr": ("training:\n  lr: -0.001\n", "training.lr: must be >= 0.0"),
+    "unknown_game": ("env:\n  id: notarealgame\n", "env.id: unknown game 'notarealgame'"),
+    "bad_choice": ("env:\n  action_set: everything\n", "env.action_set: must be one of"),
+    "str_for_bool": ("env:\n  fire_reset: 'yes'\n", "env.fire_reset: must be true or false"),
+    "bad_list": ("model:\n  mlp_hidden_units: [64, -1]\n",
+                 "model.mlp_hidden_units: must be a list of positive integers"),
+    "not_yaml": ("training: [unclosed\n", "not valid YAML"),
+    "top_level_list": ("- env\n- training\n", "the top level must be a mapping"),
+    "python_tag": ("training: !!python/object/apply:os.system ['echo pwned']\n",
+                   "not valid YAML"),
+    "no_stop": ("training:\n  total_env_steps: 0\n", "no stop condition"),
+    "resources_not_mapping": ("workers:\n  ps_resources: 3\n",
+                              "workers.ps_resources: must be a mapping"),
+    "zero_workers": ("workers:\n  num_workers: 0\n", "workers.num_workers: must be >= 1"),
+    "bad_console": ("logging:\n  console: loud\n", "logging.console: must be one of"),
+    "bad_precision": ("model:\n  precision: fp8\n", "model.precision: must be one of"),
+    "keep_zero": ("checkpoint:\n  keep: 0\n", "checkpoint.keep: must be >= 1"),
+    "negative_seed": ("seed: -1\n", "seed: must be >= 0"),
+    "section_not_mapping": ("training: 5\n", "training: must be a mapping"),
+}
+
+FLAG_CASES = {
+    "workers_word": (["--workers", "many"], "--workers: must be a positive integer"),
+    "steps_word": (["--total-steps", "ten"], "--total-steps must be an integer"),
+    "set_no_dot": (["--set", "nodot=1"], "use section.key=value"),
+    "set_bad_type": (["--set", "training.t_max=abc"], "training.t_max: must be an integer"),
+    "seed_actions_cartpole": (["--env", "CartPole-v1", "--set", "env.action_set=seed"],
+                              "Atari games only"),
+    "missing_config": (["--config", "does/not/exist.yaml"], "not found"),
+    "unknown_flag": (["--learning-rate", "3"], "unrecognized arguments: --learning-rate"),
+    "negative_time": (["--time-limit", "-5"], "training.time_limit_minutes: must be >= 0.0"),
+    "unknown_env_flag": (["--env", "notagame"], "env.id: unknown game 'notagame'"),
+    "address_unreachable": (["--address", "127.0.0.1:1"], "--address: cannot reach"),
+    "serial_with_address": (["--serial", "--address", "auto"], "'serial' runs without Ray"),
+}
+
+
+def tree_digest(path):
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(path)):
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            h.update(p.encode())
+            with open(p, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def run(args, env=None):
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.driver", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **(env or {})})
+    return p, time.time() - t0
+
+
+def assert_one_line_error(p, seconds, needle):
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("a3c_ray")]
+    assert len(lines) == 1, p.stderr[-2000:]
+    assert needle in lines[0], lines[0]
+    assert seconds < 60, seconds
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_config_file(case, tmp_path):
+    text, needle = CONFIG_CASES[case]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    p, sec = run(["--config", str(cfg), "--run-dir", str(tmp_path / "new")])
+    assert_one_line_error(p, sec, needle)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_bad_flag(case, tmp_path):
+    args, needle = FLAG_CASES[case]
+    p, sec = run([*args, "--run-dir", str(tmp_path / "new")])
+    assert_one_line_error(p, sec, needle)
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_ray_address_env(tmp_path):
+    p, sec = run(["--run-dir", str(tmp_path / "new")], env={"RAY_ADDRESS": "127.0.0.1:1"})
+    assert_one_line_error(p, sec, "cannot reach a Ray cluster at '127.0.0.1:1'")
+
+
+def _truncate_data(run):
+    for f in (run / "checkpoints").glob("*.data-*"):
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _corrupt_index(run):
+    for f in (run / "checkpoints").glob("*.index"):
+        f.write_bytes(b"\x00garbage")
+
+
+def _drop_checkpoints(run):
+    shutil.rmtree(run / "checkpoints")
+
+
+RESUME_CASES = {
+    "missing_dir": (None, [], "is not a run directory"),
+    "no_checkpoint": (_drop_checkpoints, [], "has no checkpoint yet"),
+    "truncated_checkpoint": (_truncate_data, [], "is missing or corrupt"),
+    "corrupt_index": (_corrupt_index, [], "is missing or corrupt"),
+    "other_game": (lambda r: None, ["--env", "pong"], "trained with game='breakout'"),
+    "other_network": (lambda r: None, ["--set", "model.arch=separate"],
+                      "trained with arch='shared'"),
+    "other_width": (lambda r: None, ["--set", "model.hidden_units=256"], "trained with hidden"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_bad_resume_target(case, short_run, tmp_path):
+    damage, extra, needle = RESUME_CASES[case]
+    target = tmp_path / "run"
+    if damage is not None:
+        shutil.copytree(short_run, target)
+        damage(target)
+    before = tree_digest(target) if target.exists() else None
+    p, sec = run(["--resume", str(target), *extra])
+    assert_one_line_error(p, sec, needle)
+    if before is not None:
+        assert tree_digest(target) == before  # nothing saved was touched
+
+
+def test_new_run_refuses_existing_run_dir(short_run, tmp_path):
+    target = tmp_path / "run"
+    shutil.copytree(short_run, target)
+    before = tree_digest(target)
+    p, sec = run(["--env", "breakout", "--run-dir", str(target)])
+    assert_one_line_error(p, sec, "already holds a run; pass --resume")
+    assert tree_digest(target) == before
+
+
+def test_at_least_thirty_bad_inputs():
+    assert len(CONFIG_CASES) + len(FLAG_CASES) + len(RESUME_CASES) + 2 >= 30

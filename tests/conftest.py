@@ -32,3 +32,26 @@ def short_run(tmp_path_factory):
                    "--set", "ray.include_dashboard=false", "--console", "quiet")
     assert p.returncode == 0, p.stderr[-3000:]
     return run
+
+
+def wait_until(pred, timeout, what):
+    """Poll `pred` until it returns something truthy (returned) or fail after `timeout` s."""
+    import time
+
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out: {what}")
+
+
+def log_records(run, kind=None):
+    """Records of a run's log.jsonl (all, or those of one type); [] before it exists."""
+    from a3c_ray.metrics import read_log
+
+    path = Path(run) / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [r for r in read_log(path) if kind is None or r["type"] == kind]

@@ -7,28 +7,14 @@ import subprocess
 import sys
 import time
 
-from a3c_ray.metrics import read_log
-from conftest import ROOT, run_driver
+from conftest import ROOT, log_records, run_driver, wait_until
 
 FAST = ["--env", "pong", "--workers", "2", "--set", "training.envs_per_worker=4",
         "--set", "ray.include_dashboard=false", "--set", "logging.console_interval_seconds=2"]
 
 
 def recs(run, kind=None):
-    path = run / "log.jsonl"
-    if not path.is_file():
-        return []
-    return [r for r in read_log(path) if kind is None or r["type"] == kind]
-
-
-def wait_until(pred, timeout, what):
-    t_end = time.time() + timeout
-    while time.time() < t_end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out: {what}")
+    return log_records(run, kind)
 
 
 def start_driver(*args):

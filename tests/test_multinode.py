@@ -8,23 +8,11 @@ import time
 
 from ray.cluster_utils import Cluster
 
-from a3c_ray.metrics import read_log
-from conftest import ROOT
+from conftest import ROOT, log_records, wait_until
 
 
-def recs(run, kind):
-    p = run / "log.jsonl"
-    return [r for r in read_log(p) if r["type"] == kind] if p.is_file() else []
-
-
-def wait_until(pred, timeout, what):
-    t_end = time.time() + timeout
-    while time.time() < t_end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out: {what}")
+def recs(run, kind=None):
+    return log_records(run, kind)
 
 
 def test_multinode_placement_and_node_loss(tmp_path):

@@ -100,15 +100,13 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
 
 
 def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "greedy",
-                  seed: int = 12345, max_frames: int = 20000) -> list[str]:
-    """Play `episodes` with the checkpoint's policy and save each as an animated GIF.
+                  seed: int = 12345, max_steps: int = 27000) -> list[str]:
+    """Play `episodes` and save each as an animated GIF of what the agent sees.
 
-    Uses gymnasium's single ALE env (which can render RGB) with gymnasium's Atari
-    preprocessing, equivalent to the vector env's, so the policy sees the same
-    kind of input it was trained on.
+    Frames are the newest frame of each observation (84x84 greyscale, after the
+    run's own preprocessing), scaled up 3x: the same env the policy was trained on,
+    no extra video dependencies.
     """
-    import ale_py
-    import gymnasium as gym
     import tensorflow as tf
     from PIL import Image
 
@@ -118,42 +116,29 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
     if not cfg.is_atari:
         raise ConfigError(f"--video: only Atari games are recorded, not {cfg.env.id}")
-    probe = EnvBatch(cfg, 1, seed)
-    action_map, fire = probe.action_map, probe.fire_action
-    net = load_policy(cfg, prefix, probe.obs_shape, probe.n_actions)
-    probe.close()
-    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(np.uint8)])
-    gym.register_envs(ale_py)
-    e = cfg.env
-    camel = "".join(w.capitalize() for w in cfg.game_name.split("_"))
-    env = gym.make(f"ALE/{camel}-v5", frameskip=1, render_mode="rgb_array",
-                   repeat_action_probability=e.repeat_action_probability,
-                   max_num_frames_per_episode=e.max_episode_frames)
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=e.noop_max, frame_skip=e.frame_skip,
-                                          screen_size=e.screen_size)
-    env = gym.wrappers.FrameStackObservation(env, e.frame_stack)
-    rng = np.random.default_rng(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    env = EnvBatch(cfg, 1, seed)
+    net = load_policy(cfg, prefix, env.obs_shape, env.n_actions)
+    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(env.obs_dtype)])
+    rng = np.random.default_rng(seed)
     paths = []
+    obs = env.reset()
     for ep in range(episodes):
-        obs, info = env.reset(seed=seed + ep)
-        frames, score, lives, force_fire = [env.render()], 0.0, info.get("lives", 0), fire is not None
-        for _ in range(max_frames):
-            logits = logits_fn(np.asarray(obs, np.uint8)[None]).numpy()[0].astype(np.float64)
-            a = int(np.argmax(logits if policy == "greedy" else
-                              logits + rng.gumbel(size=logits.shape)))
-            if force_fire:
-                a = fire
-            obs, r, term, trunc, info = env.step(int(action_map[a]))
-            score += float(r)
-            force_fire = fire is not None and info.get("lives", 0) < lives
-            lives = info.get("lives", 0)
-            frames.append(env.render())
-            if term or trunc:
+        frames = [obs[0, -1].copy()]
+        for _ in range(max_steps):
+            logits = logits_fn(obs).numpy().astype(np.float64)
+            if policy == "sampled":
+                logits = logits + rng.gumbel(size=logits.shape)
+            res = env.step(env.forced_actions(np.argmax(logits, 1).astype(np.int32)))
+            obs = res.obs
+            if res.finished[0]:
                 break
+            frames.append(obs[0, -1].copy())
+        score = res.scores[0]
         path = out / f"{cfg.game_name}-ep{ep}-score{score:g}.gif"
-        imgs = [Image.fromarray(f) for f in frames[::2]]  # every other step: 7.5 fps of play
+        size = (3 * frames[0].shape[1], 3 * frames[0].shape[0])
+        imgs = [Image.fromarray(f).resize(size, Image.NEAREST) for f in frames]
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=67, loop=0)
         paths.append(str(path))
     env.close()

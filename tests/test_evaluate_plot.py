@@ -46,7 +46,7 @@ def test_evaluate_video_writes_gif(short_run, tmp_path):
     gifs = list((tmp_path / "v").glob("breakout-ep0-*.gif"))
     assert len(gifs) == 1
     with Image.open(gifs[0]) as im:
-        assert im.n_frames > 10 and im.size == (160, 210)
+        assert im.n_frames > 10 and im.size == (252, 252)
 
 
 def test_evaluate_errors(short_run, tmp_path):

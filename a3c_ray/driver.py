@@ -243,7 +243,9 @@ class Trainer:
     def run(self) -> str:
         b, r = self.backend, self.reporter
         weights = b.initial_weights()
-        self.pending: list = []  # weights refs from recent applies, oldest first
+        # Weights refs of applies not yet seen finished, oldest first. Applies finish in
+        # order, so adopting the newest finished one drops all before it: stays short.
+        self.pending: list = []
         for i in range(self.n_workers):
             b.submit(i, weights)
         t_start = last_ckpt = time.time()
@@ -267,8 +269,7 @@ class Trainer:
                     # produced instead of idling for this gradient's round trip
                     # (about one version of extra policy lag).
                     self.pending.append(newest)
-                    weights, self.pending = b.newest_ready(weights,
-                                                           self.pending[-self.n_workers:])
+                    weights, self.pending = b.newest_ready(weights, self.pending)
                 b.submit(i, weights)
                 r.segment(stats)
             r.tick()
@@ -413,7 +414,7 @@ def check_address(address: Optional[str]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .parameter_server import CheckpointError
+    from .errors import CheckpointError  # light import: errors are reported before TF loads
 
     parser = build_parser()
     args = parser.parse_args(argv)

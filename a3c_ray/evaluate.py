@@ -22,7 +22,7 @@ def locate(target: str) -> tuple[Path, str]:
     """RUN_DIR or checkpoint prefix -> (run_dir, checkpoint prefix)."""
     import tensorflow as tf
 
-    from .parameter_server import CheckpointError
+    from .errors import CheckpointError
 
     p = Path(target)
     if p.is_dir() and (p / "checkpoints").is_dir():
@@ -146,7 +146,7 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .parameter_server import CheckpointError
+    from .errors import CheckpointError
 
     p = argparse.ArgumentParser(prog="python -m a3c_ray.evaluate",
                                 description="Play episodes with a checkpoint's policy.")

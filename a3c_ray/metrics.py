@@ -58,7 +58,9 @@ class Reporter:
         self._t0 = time.time()
         self._steps0 = self.env_steps
         self._last_console = self._t0
-        self._window: collections.deque = collections.deque(maxlen=64)  # (t, env_steps)
+        # (t, env_steps) at the last ticks: steps/s over about the last minute
+        ticks = max(2, math.ceil(60.0 / cfg.logging.console_interval_seconds) + 1)
+        self._window: collections.deque = collections.deque(maxlen=ticks)
         self._window.append((self._t0, self.env_steps))
         self._lags: collections.deque = collections.deque(maxlen=512)
         self._times = {k: 0.0 for k in TIME_SECTIONS}

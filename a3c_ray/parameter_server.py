@@ -22,15 +22,12 @@ from typing import Any, Optional
 import numpy as np
 
 from .config import Config, atomic_write_text
+from .errors import CheckpointError  # noqa: F401  (re-exported for callers)
 from .models import ActorCritic, configure_tf_threads
 from .worker import peak_rss_mb
 
 COUNTERS = ("version", "env_steps", "episodes", "updates", "rejected_nonfinite",
             "rejected_stale")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: the message says why and what to do."""
 
 
 class ParameterServer:

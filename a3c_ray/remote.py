@@ -181,8 +181,17 @@ class RayBackend:
     def checkpoint(self, extra: dict) -> str:
         return self.ray.get(self.ps.save_checkpoint.remote(extra))
 
-    def status(self) -> dict:
-        return self.ray.get(self.ps.status.remote())
+    def status(self, timeout_s: float = 300.0) -> dict:
+        """The PS's status; while Ray restarts a dead PS, keep asking (up to timeout_s)."""
+        t_end = time.time() + timeout_s
+        while True:
+            try:
+                return self.ray.get(self.ps.status.remote())
+            except (self.ray.exceptions.ActorUnavailableError,
+                    self.ray.exceptions.RayActorError):
+                if time.time() > t_end:
+                    raise
+                time.sleep(1.0)
 
     def shutdown(self) -> None:
         for wk in self.workers:

@@ -4,6 +4,7 @@ config Ray writes, and Ray's state API (what the dashboard shows)."""
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -50,6 +51,11 @@ def metric_sum(text, name):
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("obs") / "run"
+    # Ray >= 2.59 turns token authentication on for local clusters: give the run a token
+    # we know, so this process can call the dashboard's state API like a user would.
+    token = secrets.token_hex(16)
+    old_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     proc = subprocess.Popen(
         [sys.executable, "-m", "a3c_ray.driver", "--env", "pong", "--workers", "2",
          "--time-limit", "5", "--run-dir", str(run), "--set", "training.envs_per_worker=4",
@@ -68,12 +74,20 @@ def live_run(tmp_path_factory):
                 proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_prometheus_endpoint_has_advancing_a3c_metrics(live_run):
     url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
-    text = wait_for(lambda: (t := http_get(url)) if "ray_a3c_env_steps_total" in t else None,
-                    60, "a3c metrics on the endpoint")
+    def page_with_metrics():
+        text = http_get(url)
+        return text if "ray_a3c_env_steps_total" in text else None
+
+    text = wait_for(page_with_metrics, 60, "a3c metrics on the endpoint")
     for name in ("ray_a3c_env_steps_total", "ray_a3c_frames_total", "ray_a3c_updates_total",
                  "ray_a3c_worker_time_seconds_total", "ray_a3c_policy_lag_bucket",
                  "ray_a3c_ps_apply_seconds_bucket", "ray_a3c_learning_rate",
@@ -117,7 +131,12 @@ def test_real_prometheus_scrapes_a3c_metrics(live_run, tmp_path):
             return float(res[0]["value"][1]) if res else None
 
         v1 = wait_for(value, 90, "Prometheus to scrape the a3c metrics")
-        v2 = wait_for(lambda: (v := value()) if v and v > v1 else None, 60, "a second scrape")
+
+        def larger():
+            v = value()
+            return v if v and v > v1 else None
+
+        v2 = wait_for(larger, 60, "a second scrape")
         assert v2 > v1 > 0
     finally:
         p.terminate()

@@ -10,7 +10,6 @@ Field documentation is kept in each dataclass field's ``metadata["doc"]`` so tha
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,6 +430,3 @@ def _default(f: dataclasses.Field) -> Any:
         return f.default
     return f.default_factory()  # type: ignore[misc]
 
-
-def config_json(cfg: Config) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)

@@ -133,11 +133,3 @@ def _make_vector(gym_id: str, num_envs: int):
     n = int(env.single_action_space.n)
     return env, np.arange(n, dtype=np.int64), [str(i) for i in range(n)]
 
-
-def game_action_names(cfg: Config) -> list[str]:
-    """Agent action names of the configured game (opens one env briefly)."""
-    batch = EnvBatch(cfg, 1, cfg.seed)
-    try:
-        return batch.action_names
-    finally:
-        batch.close()

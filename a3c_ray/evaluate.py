@@ -51,17 +51,13 @@ def load_policy(cfg: Config, prefix: str, obs_shape: tuple, n_actions: int):
 
 
 def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int = 12345,
-             num_envs: int = 8, overrides: Optional[dict] = None) -> dict:
+             num_envs: int = 8) -> dict:
     import tensorflow as tf
 
     from .envs import EnvBatch
 
     run_dir, prefix = locate(target)
-    raw = load_yaml(run_dir / "config.yaml")
-    for k, v in (overrides or {}).items():
-        sec, key = k.split(".")
-        raw.setdefault(sec, {})[key] = v
-    cfg = from_dict(raw, source="config.yaml")
+    cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
     n = max(1, min(num_envs, episodes))
     envs = EnvBatch(cfg, n, seed)
     net = load_policy(cfg, prefix, envs.obs_shape, envs.n_actions)

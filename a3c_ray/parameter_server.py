@@ -150,6 +150,11 @@ class ParameterServer:
         atomic_write_text(Path(self.checkpoint_dir) / "latest.json", json.dumps(meta))
         return path
 
+    def restore_latest_if_any(self) -> None:
+        """Come back from the newest checkpoint in checkpoint_dir (a restarted PS)."""
+        if self._manager is not None and self._manager.latest_checkpoint:
+            self.restore()
+
     def restore(self, path: Optional[str] = None) -> dict:
         """Restore from a checkpoint prefix, or the latest one in checkpoint_dir."""
         import tensorflow as tf

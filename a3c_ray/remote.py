@@ -21,15 +21,14 @@ class SerialBackend:
 
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
                  num_workers: int):
+        import os
+
         from .parameter_server import ParameterServer
         from .worker import RolloutWorker
 
-        import os
-
         cpus = float(os.cpu_count() or 1)
         self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
-        if self.ps._manager is not None and self.ps._manager.latest_checkpoint:
-            self.ps.restore()
+        self.ps.restore_latest_if_any()
         self.workers = [RolloutWorker(cfg, i, cpus=cpus) for i in range(num_workers)]
         self._pending: list[tuple[int, Any]] = []
 
@@ -79,8 +78,7 @@ def _actor_classes():
 
         def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run):
             self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
-            if self.ps._manager is not None and self.ps._manager.latest_checkpoint:
-                self.ps.restore()
+            self.ps.restore_latest_if_any()
             self.metrics = RayMetrics(run, "ps")
 
         def get_weights(self):

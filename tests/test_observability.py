@@ -83,16 +83,22 @@ def live_run(tmp_path_factory):
 
 def test_prometheus_endpoint_has_advancing_a3c_metrics(live_run):
     url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    names = ("ray_a3c_env_steps_total", "ray_a3c_frames_total", "ray_a3c_updates_total",
+             "ray_a3c_worker_time_seconds_total", "ray_a3c_policy_lag_bucket",
+             "ray_a3c_ps_apply_seconds_bucket", "ray_a3c_learning_rate",
+             "ray_a3c_rss_bytes", "ray_a3c_policy_entropy")
+    last = {"missing": names}
+
+    # Each process (PS, workers, driver) exports on its own clock: wait for all of them.
     def page_with_metrics():
         text = http_get(url)
-        return text if "ray_a3c_env_steps_total" in text else None
+        last["missing"] = [n for n in names if n not in text]
+        return text if not last["missing"] else None
 
-    text = wait_for(page_with_metrics, 60, "a3c metrics on the endpoint")
-    for name in ("ray_a3c_env_steps_total", "ray_a3c_frames_total", "ray_a3c_updates_total",
-                 "ray_a3c_worker_time_seconds_total", "ray_a3c_policy_lag_bucket",
-                 "ray_a3c_ps_apply_seconds_bucket", "ray_a3c_learning_rate",
-                 "ray_a3c_rss_bytes", "ray_a3c_policy_entropy"):
-        assert name in text, name
+    try:
+        text = wait_for(page_with_metrics, 90, "a3c metrics on the endpoint")
+    except AssertionError:
+        raise AssertionError(f"metrics never exported: {last['missing']}") from None
     assert 'worker="worker-0"' in text and 'worker="ps"' in text
     first = metric_sum(text, "ray_a3c_env_steps_total")
     time.sleep(8)
@@ -101,14 +107,24 @@ def test_prometheus_endpoint_has_advancing_a3c_metrics(live_run):
 
 
 def test_actors_named_and_alive_in_state_api(live_run):
-    from ray.util.state import list_actors
+    # Ask the way a user does, `ray list actors`, in a fresh process: Ray caches the auth
+    # token per process, and an earlier in-process cluster in this pytest run may have
+    # cached another one.
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "list", "actors",
+           "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--filter", "state=ALIVE",
+           "--format", "json", "--limit", "1000"]
 
-    actors = wait_for(lambda: list_actors(address=f"http://127.0.0.1:{DASHBOARD_PORT}",
-                                          filters=[("state", "=", "ALIVE")]),
-                      60, "state API")
-    names = {a.name for a in actors}
+    def alive():
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr.strip()[-500:])
+        actors = json.loads(p.stdout)
+        return actors if {"a3c-ps", "a3c-worker-1"} <= {a.get("name") for a in actors} else None
+
+    actors = wait_for(alive, 90, "state API")
+    names = {a["name"] for a in actors}
     assert {"a3c-ps", "a3c-worker-0", "a3c-worker-1"} <= names, names
-    namespaces = {a.ray_namespace for a in actors if a.name and a.name.startswith("a3c-")}
+    namespaces = {a["ray_namespace"] for a in actors if (a.get("name") or "").startswith("a3c-")}
     assert namespaces == {f"a3c-{live_run[0].name}"}
 
 

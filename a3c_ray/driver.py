@@ -200,6 +200,21 @@ def ray_session_dir() -> Optional[str]:
         return None
 
 
+def check_local_cpus(cfg: Config) -> None:
+    """On a local Ray, actors that need more CPUs than it has would wait forever."""
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or cfg.workers.num_workers == "auto":
+        return
+    w = cfg.workers
+    have = cfg.ray.num_cpus or os.cpu_count() or 1
+    need = int(w.num_workers) * w.cpus_per_worker + w.ps_cpus
+    if need > have + 1e-9:
+        fit = (have - w.ps_cpus) / int(w.num_workers)
+        raise RunError(
+            f"workers: {w.num_workers} workers x {w.cpus_per_worker:g} CPUs + {w.ps_cpus:g} "
+            f"for the PS need {need:g} CPUs, the local Ray has {have}; lower "
+            f"workers.num_workers or set workers.cpus_per_worker={fit:.2f} (or ray.num_cpus)")
+
+
 def num_workers(cfg: Config) -> int:
     if cfg.workers.num_workers != "auto":
         return int(cfg.workers.num_workers)
@@ -332,6 +347,7 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
         _check_resume(cfg, ckpt_dir, obs_shape, n_actions)
     if cfg.workers.mode == "ray":
         check_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        check_local_cpus(cfg)
     cfg = cfg.replace(logging=dataclasses.replace(cfg.logging, run_dir=str(run_dir)))
     Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
     if not resume:

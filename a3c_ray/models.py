@@ -36,9 +36,10 @@ def configure_tf_threads(cpus: float) -> None:
 
 def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str):
     if is_image:
-        x = keras.layers.Conv2D(32, 8, strides=4, activation="relu", dtype=dtype,
+        f1, f2 = cfg.conv_filters
+        x = keras.layers.Conv2D(f1, 8, strides=4, activation="relu", dtype=dtype,
                                 name=f"{prefix}conv1")(x)
-        x = keras.layers.Conv2D(64, 4, strides=2, activation="relu", dtype=dtype,
+        x = keras.layers.Conv2D(f2, 4, strides=2, activation="relu", dtype=dtype,
                                 name=f"{prefix}conv2")(x)
         x = keras.layers.Flatten(dtype=dtype, name=f"{prefix}flatten")(x)
         return keras.layers.Dense(cfg.hidden_units, activation="relu", dtype=dtype,

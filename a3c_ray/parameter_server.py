@@ -183,7 +183,7 @@ def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
     arch = m.arch if len(obs_shape) == 3 else m.mlp_arch
     return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": arch,
                        "obs_shape": list(obs_shape), "n_actions": n_actions,
-                       "hidden": m.hidden_units, "mlp": m.mlp_hidden_units}, sort_keys=True)
+                       "conv": m.conv_filters, "hidden": m.hidden_units, "mlp": m.mlp_hidden_units}, sort_keys=True)
 
 
 def read_identity(prefix: str) -> dict:

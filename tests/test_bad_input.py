@@ -37,6 +37,8 @@ CONFIG_CASES = {  # YAML text -> what the one line must say
     "keep_zero": ("checkpoint:\n  keep: 0\n", "checkpoint.keep: must be >= 1"),
     "negative_seed": ("seed: -1\n", "seed: must be >= 0"),
     "section_not_mapping": ("training: 5\n", "training: must be a mapping"),
+    "conv_filters_three": ("model:\n  conv_filters: [16, 32, 64]\n",
+                           "model.conv_filters: the network has two convolutions"),
 }
 
 FLAG_CASES = {
@@ -52,6 +54,9 @@ FLAG_CASES = {
     "unknown_env_flag": (["--env", "notagame"], "env.id: unknown game 'notagame'"),
     "address_unreachable": (["--address", "127.0.0.1:1"], "--address: cannot reach"),
     "serial_with_address": (["--serial", "--address", "auto"], "'serial' runs without Ray"),
+    # more workers than the local Ray's CPUs would leave actors pending forever
+    "workers_exceed_cpus": (["--workers", "3", "--set", "ray.num_cpus=2"],
+                            "need 3 CPUs, the local Ray has 2"),
 }
 
 

@@ -101,13 +101,21 @@ class TrainingConfig:
                               "(inference is batched over them).", min=1, max=1024)
     entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
     value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
-    grad_clip_norm: float = _f(40.0, "Gradients are clipped to this global norm (0 = off).",
+    grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm (0 = off). "
+                               "0.5 as in the A2C baselines: rare huge gradients otherwise "
+                               "dominate the optimizer's second moments and freeze the torso.",
                                min=0.0)
-    lr: float = _f(1e-3, "Base learning rate of Adam.", min=0.0, max=1.0)
+    optimizer: str = _f("rmsprop", "'rmsprop' (as in the A3C paper; second moments start "
+                        "at 1 like TF1's RMSProp, no start-up spike) or 'adam'.",
+                        choices=("rmsprop", "adam"))
+    lr: float = _f(7e-4, "Base learning rate of the optimizer.", min=0.0, max=1.0)
     lr_schedule: str = _f("seed_log", "'seed_log': lr / log10(0.01 * episodes + 10) driven by "
                           "the global episode count (the seed's schedule); 'constant'.",
                           choices=("seed_log", "constant"))
-    adam_epsilon: float = _f(1e-7, "Adam epsilon.", min=0.0)
+    rmsprop_decay: float = _f(0.99, "RMSProp's decay of the mean squared gradient.",
+                              min=0.0, max=1.0)
+    optimizer_epsilon: float = _f(1e-5, "Epsilon of RMSProp (inside the square root) or Adam.",
+                                  min=0.0)
     max_policy_lag: int = _f(0, "Gradients computed from weights more than this many "
                              "versions old are dropped and counted (0 = no bound).", min=0)
     total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "

@@ -2,7 +2,7 @@
 
 A plain class (the Ray actor in ``remote.py`` wraps it). ``apply_gradients``
 rejects non-finite gradients (and, if bounded, too-stale ones), clips by global
-norm, applies Adam with the scheduled learning rate, bumps the version and
+norm, applies RMSProp (or Adam) with the scheduled learning rate, bumps the version and
 returns fresh weights. Checkpoints use ``tf.train.Checkpoint`` (no pickle):
 weights, optimizer slots, counters, and the identity of the game and network so
 a mismatched resume fails clearly. TF's CheckpointManager writes the data files
@@ -41,8 +41,7 @@ class ParameterServer:
         tf.keras.utils.set_random_seed(cfg.seed)
         self.net = ActorCritic(obs_shape, n_actions, cfg.model)
         t = cfg.training
-        self.optimizers = {name: keras.optimizers.Adam(t.lr, epsilon=t.adam_epsilon)
-                           for name, _ in self.net.groups}
+        self.optimizers = {name: make_optimizer(t) for name, _ in self.net.groups}
         for name, vs in self.net.groups:
             self.optimizers[name].build(vs)
         self.counters = {k: 0 for k in COUNTERS}
@@ -177,11 +176,32 @@ class ParameterServer:
         return dict(self.counters)
 
 
+def make_optimizer(t):
+    """RMSProp as TF1 had it (A3C paper, A2C baselines), or Adam."""
+    import keras
+
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(t.lr, epsilon=t.optimizer_epsilon)
+
+    class RMSPropTF1(keras.optimizers.RMSprop):
+        # Keras starts the mean square at 0, so the first steps are ~10x lr
+        # (g / sqrt(0.01 g^2)) and kill ReLUs; TF1 started it at 1.
+        def build(self, var_list):
+            if self.built:
+                return
+            keras.optimizers.Optimizer.build(self, var_list)
+            self._velocities = [self.add_variable_from_reference(v, "velocity", "ones")
+                                for v in var_list]
+            self._momentums, self._average_gradients = [], []
+
+    return RMSPropTF1(t.lr, rho=t.rmsprop_decay, epsilon=t.optimizer_epsilon)
+
+
 def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
     """What a checkpoint must match to be resumed by this config."""
     m = cfg.model
     arch = m.arch if len(obs_shape) == 3 else m.mlp_arch
-    return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": arch,
+    return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": arch, "optimizer": cfg.training.optimizer,
                        "obs_shape": list(obs_shape), "n_actions": n_actions,
                        "conv": m.conv_filters, "hidden": m.hidden_units, "mlp": m.mlp_hidden_units}, sort_keys=True)
 

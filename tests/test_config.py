@@ -5,12 +5,13 @@ from a3c_ray.config import ConfigError, field_docs, load_config
 from conftest import run_driver
 
 
-def test_default_config_loads_and_matches_the_seed():
+def test_default_config_loads_with_the_documented_defaults():
     cfg = load_config()
     t = cfg.training
     assert (t.discount, t.entropy_coef, t.value_loss_coef, t.grad_clip_norm) == \
-        (0.99, 0.01, 0.5, 40.0)
-    assert t.t_max == 5 and cfg.model.arch == "shared"  # the A3C paper's choices
+        (0.99, 0.01, 0.5, 0.5)
+    assert t.t_max == 20 and t.optimizer == "rmsprop" and cfg.model.arch == "shared"
+    assert cfg.model.conv_filters == [16, 32] and cfg.model.hidden_units == 256
     assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
     assert t.lr_schedule == "seed_log"
 

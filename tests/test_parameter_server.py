@@ -56,8 +56,26 @@ def test_gradient_clipped_to_global_norm(tmp_path):
 def test_lr_follows_seed_schedule_by_episodes(tmp_path):
     ps = make_ps(tmp_path)
     ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
-    assert ps.lr == pytest.approx(1e-3 / np.log10(20))
+    assert ps.lr == pytest.approx(ps.cfg.training.lr / np.log10(20))
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
+
+
+def test_rmsprop_starts_like_tf1_golden():
+    """One step by hand: ms = 0.99 * 1 + 0.01 * g^2, w -= lr * g / sqrt(ms + eps)."""
+    import tensorflow as tf
+
+    from a3c_ray.config import load_config
+    from a3c_ray.parameter_server import make_optimizer
+
+    t = load_config(None, {"training.lr": 0.01}).training
+    opt = make_optimizer(t)
+    w = tf.Variable([1.0, -2.0])
+    opt.apply([tf.constant([3.0, 0.5])], [w])
+    ms = 0.99 + 0.01 * np.array([9.0, 0.25])
+    expected = np.array([1.0, -2.0]) - 0.01 * np.array([3.0, 0.5]) / np.sqrt(ms + 1e-5)
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+    # The Keras default (mean square from 0) would have stepped ~10x lr: 1 - 0.1 = 0.9.
+    assert w.numpy()[0] > 0.95
 
 
 def test_checkpoint_roundtrip_restores_weights_optimizer_and_counters(tmp_path):

@@ -133,7 +133,11 @@ RESUME_CASES = {
     "other_game": (lambda r: None, ["--env", "pong"], "trained with game='breakout'"),
     "other_network": (lambda r: None, ["--set", "model.arch=separate"],
                       "trained with arch='shared'"),
-    "other_width": (lambda r: None, ["--set", "model.hidden_units=256"], "trained with hidden"),
+    "other_width": (lambda r: None, ["--set", "model.hidden_units=128"], "trained with hidden"),
+    "other_filters": (lambda r: None, ["--set", "model.conv_filters=[32,64]"],
+                      "trained with conv"),
+    "other_optimizer": (lambda r: None, ["--set", "training.optimizer=adam"],
+                        "trained with optimizer='rmsprop'"),
 }
 
 

@@ -101,7 +101,8 @@ class TrainingConfig:
                               "(inference is batched over them).", min=1, max=1024)
     entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
     value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
-    grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm (0 = off). "
+    grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm, per network "
+                               "(actor and critic apart when separate; 0 = off). "
                                "0.5 as in the A2C baselines: rare huge gradients otherwise "
                                "dominate the optimizer's second moments and freeze the torso.",
                                min=0.0)

@@ -70,15 +70,18 @@ class ParameterServer:
         specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.net.variables]
         clip = self.cfg.training.grad_clip_norm
 
-        @tf.function(input_signature=[specs, tf.TensorSpec([], tf.float32)])
-        def apply(grads, norm):
-            if clip > 0:
-                grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
+        @tf.function(input_signature=[specs])
+        def apply(grads):
             i = 0
             for opt, vs in groups:
-                opt.apply(grads[i:i + len(vs)], vs)
+                g = grads[i:i + len(vs)]
+                if clip > 0:
+                    # Per network: with separate actor and critic, one global norm is the
+                    # critic's (returns of ~100 on CartPole) and starves the actor.
+                    g, _ = tf.clip_by_global_norm(g, clip)
+                opt.apply(g, vs)
                 i += len(vs)
-            return norm
+            return tf.constant(0)
 
         return apply
 
@@ -125,7 +128,7 @@ class ParameterServer:
             self.lr = self._lr()
             for opt in self.optimizers.values():
                 opt.learning_rate = self.lr
-            self._apply(grads, np.float32(norm))
+            self._apply(grads)
             c["version"] += 1
             c["updates"] += 1
         self.last = {**c, "lr": self.lr, "lag": lag, "grad_norm": norm, "status": status,

@@ -81,6 +81,11 @@ class ModelConfig:
                             "paper's (about 3x cheaper).")
     hidden_units: int = _f(256, "Units of the dense layer after the convolutions "
                            "(512 seed, 256 A3C paper).", min=1)
+    activation: str = _f("elu", "Activation of the convolutional torso: 'elu' "
+                         "(universe-starter-agent; no dead units) or 'relu' (A3C paper, A2C "
+                         "baselines; on Pong a quarter of the units are dead at init and "
+                         "more die at higher lr).",
+                         choices=("relu", "elu"))
     mlp_hidden_units: list = _f([64, 64], "Hidden layer sizes of the MLP used for "
                                 "vector-observation envs.")
     mlp_arch: str = _f("separate", "Like arch, for the MLP of vector-observation envs "
@@ -106,11 +111,13 @@ class TrainingConfig:
                                "0.5 as in the A2C baselines: rare huge gradients otherwise "
                                "dominate the optimizer's second moments and freeze the torso.",
                                min=0.0)
-    optimizer: str = _f("rmsprop", "'rmsprop' (as in the A3C paper; second moments start "
-                        "at 1 like TF1's RMSProp, no start-up spike) or 'adam'.",
+    optimizer: str = _f("rmsprop", "'rmsprop' (as in the A3C paper; the mean square starts "
+                        "at 0 and is bias-corrected as in Adam, so neither Keras' start-up "
+                        "spike nor TF1's slow warm-up) or 'adam'.",
                         choices=("rmsprop", "adam"))
-    lr: float = _f(7e-4, "Base learning rate of the optimizer.", min=0.0, max=1.0)
-    lr_schedule: str = _f("seed_log", "'seed_log': lr / log10(0.01 * episodes + 10) driven by "
+    lr: float = _f(1.4e-3, "Base learning rate of the optimizer (A2C's 7e-4 at 80 samples "
+                    "per update, scaled by sqrt(4) for the default 320).", min=0.0, max=1.0)
+    lr_schedule: str = _f("constant", "'seed_log': lr / log10(0.01 * episodes + 10) driven by "
                           "the global episode count (the seed's schedule); 'constant'.",
                           choices=("seed_log", "constant"))
     rmsprop_decay: float = _f(0.99, "RMSProp's decay of the mean squared gradient.",

@@ -136,6 +136,8 @@ RESUME_CASES = {
     "other_width": (lambda r: None, ["--set", "model.hidden_units=128"], "trained with hidden"),
     "other_filters": (lambda r: None, ["--set", "model.conv_filters=[32,64]"],
                       "trained with conv"),
+    "other_activation": (lambda r: None, ["--set", "model.activation=relu"],
+                         "trained with activation='elu'"),
     "other_optimizer": (lambda r: None, ["--set", "training.optimizer=adam"],
                         "trained with optimizer='rmsprop'"),
 }

@@ -13,7 +13,7 @@ def test_default_config_loads_with_the_documented_defaults():
     assert t.t_max == 20 and t.optimizer == "rmsprop" and cfg.model.arch == "shared"
     assert cfg.model.conv_filters == [16, 32] and cfg.model.hidden_units == 256
     assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
-    assert t.lr_schedule == "seed_log"
+    assert t.lr_schedule == "constant" and t.lr == 1.4e-3 and cfg.model.activation == "elu"
 
 
 def test_every_yaml_key_is_documented_and_present():

@@ -54,14 +54,22 @@ def test_gradient_clipped_to_global_norm(tmp_path):
 
 
 def test_lr_follows_seed_schedule_by_episodes(tmp_path):
-    ps = make_ps(tmp_path)
+    ps = make_ps(tmp_path, **{"training.lr_schedule": "seed_log"})
     ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
     assert ps.lr == pytest.approx(ps.cfg.training.lr / np.log10(20))
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
 
 
-def test_rmsprop_starts_like_tf1_golden():
-    """One step by hand: ms = 0.99 * 1 + 0.01 * g^2, w -= lr * g / sqrt(ms + eps)."""
+def test_constant_lr_by_default(tmp_path):
+    ps = make_ps(tmp_path)
+    ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
+    assert ps.lr == ps.cfg.training.lr == 1.4e-3
+    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(1.4e-3, rel=1e-6)
+
+
+def test_rmsprop_bias_corrected_golden():
+    """Two steps by hand: ms_t = 0.99 ms + 0.01 g^2 from 0,
+    w -= lr * sqrt(1 - 0.99^t) * g / sqrt(ms_t + eps)."""
     import tensorflow as tf
 
     from a3c_ray.config import load_config
@@ -70,12 +78,17 @@ def test_rmsprop_starts_like_tf1_golden():
     t = load_config(None, {"training.lr": 0.01}).training
     opt = make_optimizer(t)
     w = tf.Variable([1.0, -2.0])
-    opt.apply([tf.constant([3.0, 0.5])], [w])
-    ms = 0.99 + 0.01 * np.array([9.0, 0.25])
-    expected = np.array([1.0, -2.0]) - 0.01 * np.array([3.0, 0.5]) / np.sqrt(ms + 1e-5)
-    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
-    # The Keras default (mean square from 0) would have stepped ~10x lr: 1 - 0.1 = 0.9.
-    assert w.numpy()[0] > 0.95
+    g1, g2 = np.array([3.0, 0.5]), np.array([-1.0, 0.5])
+    opt.apply([tf.constant(g1, tf.float32)], [w])
+    ms = 0.01 * g1 ** 2
+    expected = np.array([1.0, -2.0]) - 0.01 * np.sqrt(1 - 0.99) * g1 / np.sqrt(ms + 1e-5)
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-5)
+    # The first step is ~lr per weight: neither Keras' ~10x lr nor TF1's ~lr * g.
+    np.testing.assert_allclose(np.abs(w.numpy() - [1.0, -2.0]), [0.01, 0.01], rtol=1e-2)
+    opt.apply([tf.constant(g2, tf.float32)], [w])
+    ms = 0.99 * ms + 0.01 * g2 ** 2
+    expected = expected - 0.01 * np.sqrt(1 - 0.99 ** 2) * g2 / np.sqrt(ms + 1e-5)
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-5)
 
 
 def test_checkpoint_roundtrip_restores_weights_optimizer_and_counters(tmp_path):

@@ -37,17 +37,17 @@ def configure_tf_threads(cpus: float) -> None:
 def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str):
     if is_image:
         f1, f2 = cfg.conv_filters
-        # Orthogonal, gain sqrt(2) (ReLU), as in the A2C baselines: Keras' Glorot default
-        # shrinks activations layer by layer.
-        relu_init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
+        # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU too): Keras'
+        # Glorot default shrinks activations layer by layer.
+        init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
         act = cfg.activation
         x = keras.layers.Conv2D(f1, 8, strides=4, activation=act, dtype=dtype,
-                                kernel_initializer=relu_init, name=f"{prefix}conv1")(x)
+                                kernel_initializer=init, name=f"{prefix}conv1")(x)
         x = keras.layers.Conv2D(f2, 4, strides=2, activation=act, dtype=dtype,
-                                kernel_initializer=relu_init, name=f"{prefix}conv2")(x)
+                                kernel_initializer=init, name=f"{prefix}conv2")(x)
         x = keras.layers.Flatten(dtype=dtype, name=f"{prefix}flatten")(x)
         return keras.layers.Dense(cfg.hidden_units, activation=act, dtype=dtype,
-                                  kernel_initializer=relu_init, name=f"{prefix}fc")(x)
+                                  kernel_initializer=init, name=f"{prefix}fc")(x)
     for i, units in enumerate(cfg.mlp_hidden_units):
         x = keras.layers.Dense(units, activation="tanh", dtype=dtype, name=f"{prefix}fc{i}")(x)
     return x

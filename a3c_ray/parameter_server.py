@@ -81,7 +81,6 @@ class ParameterServer:
                     g, _ = tf.clip_by_global_norm(g, clip)
                 opt.apply(g, vs)
                 i += len(vs)
-            return tf.constant(0)
 
         return apply
 
@@ -189,8 +188,8 @@ def make_optimizer(t):
     class RMSPropBC(keras.optimizers.RMSprop):
         # The mean square must start somewhere. Keras starts it at 0, so the first steps
         # are ~10x lr (g / sqrt(0.01 g^2)) and kill ReLUs; TF1 started it at 1, so for
-        # ~1,000 updates steps are ~300x smaller than later (measured: a third of a
-        # 60-minute run at 320 samples per update). Start at 0 and divide the mean
+        # ~1,000 updates steps are ~300x smaller than later (~0.6 M env steps at 320
+        # samples per update: Pong's critic idled that long). Start at 0 and divide the mean
         # square by (1 - rho^t), as Adam does: the first step is already ~lr.
         def update_step(self, gradient, variable, learning_rate):
             from keras import ops
@@ -243,6 +242,7 @@ def verify_checkpoint(prefix: str) -> None:
 
 def check_checkpoint(prefix: str, expected_identity: str) -> None:
     got = read_identity(prefix)
+    got.setdefault("activation", "relu")  # saved before model.activation existed: ReLU
     want = json.loads(expected_identity)
     diff = [k for k in want if got.get(k) != want[k]]
     if diff:

@@ -59,11 +59,12 @@ def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
     obs = w._obs_buf.reshape(T * n, *w.envs.obs_shape)
     acts = w._act_buf.reshape(-1)
     rets = np.zeros(T * n, np.float32)
+    mask = np.ones(T * n, np.float32)
     for _ in range(2):  # trace and warm up
         w._act(w.obs).numpy()
-        w._gradient(obs, acts, rets)
+        w._gradient(obs, acts, rets, mask)
     infer = _median_rate(lambda: w._act(w.obs).numpy(), seconds / 3, 1)
-    grad = _median_rate(lambda: [g.numpy() for g in w._gradient(obs, acts, rets)[0]],
+    grad = _median_rate(lambda: [g.numpy() for g in w._gradient(obs, acts, rets, mask)[0]],
                         2 * seconds / 3, 1)
     w.close()
     seg_s = T / infer + 1.0 / grad
@@ -105,7 +106,8 @@ def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: floa
              ("env", "inference", "gradient", "sync", "wait")}
     tot = sum(split.values()) or 1.0
     return {
-        "workers": workers, "envs_per_worker": envs, "window_s": round(window, 2),
+        "workers": workers, "envs_per_worker": envs, "t_max": cfg.training.t_max,
+        "window_s": round(window, 2),
         "env_steps_per_s": steps / window,
         "frames_per_s": steps / window * cfg.frames_per_step,
         # versions advanced over the window = updates applied
@@ -201,18 +203,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"  # bounds not measured (--no-bounds)
+
+
 def format_table(result: dict) -> str:
-    rows = ["| layout (workers x envs) | env steps/s | frames/s | updates/s | lag median / p95 "
-            "| of ALE bound | of network bound | worker time env/infer/grad/sync/wait | PS busy |",
+    rows = ["| layout (workers x envs, t_max) | env steps/s | frames/s | updates/s "
+            "| lag median / p95 | of ALE bound | of network bound | worker time env/infer/grad/sync/wait | PS busy |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["layouts"]:
         s = r["worker_time_split"]
         rows.append(
-            f"| {r['workers']}x{r['envs_per_worker']} | {r['env_steps_per_s']:,.0f} | "
+            f"| {r['workers']}x{r['envs_per_worker']}, {r.get('t_max', '?')} | "
+            f"{r['env_steps_per_s']:,.0f} | "
             f"{r['frames_per_s']:,.0f} | {r['updates_per_s']:.1f} | "
             f"{r['policy_lag_median']} / {r['policy_lag_p95']} | "
-            f"{r.get('fraction_of_ale_bound', float('nan')):.0%} | "
-            f"{r.get('fraction_of_network_bound', float('nan')):.0%} | "
+            f"{_pct(r.get('fraction_of_ale_bound'))} | "
+            f"{_pct(r.get('fraction_of_network_bound'))} | "
             f"{s['env']:.2f}/{s['inference']:.2f}/{s['gradient']:.2f}/{s['sync']:.2f}/"
             f"{s['wait']:.2f} | {r['ps_busy_fraction']:.0%} |")
     return "\n".join(rows)

@@ -117,9 +117,11 @@ class TrainingConfig:
                         choices=("rmsprop", "adam"))
     lr: float = _f(1.4e-3, "Base learning rate of the optimizer (A2C's 7e-4 at 80 samples "
                     "per update, scaled by sqrt(4) for the default 320).", min=0.0, max=1.0)
-    lr_schedule: str = _f("constant", "'seed_log': lr / log10(0.01 * episodes + 10) driven by "
-                          "the global episode count (the seed's schedule); 'constant'.",
-                          choices=("seed_log", "constant"))
+    lr_schedule: str = _f("constant", "'constant'; 'linear': lr * (1 - env_steps / "
+                          "total_env_steps), down to 0 at the end (A2C baselines; needs "
+                          "total_env_steps); 'seed_log': lr / log10(0.01 * episodes + 10) "
+                          "driven by the global episode count (the seed's schedule).",
+                          choices=("seed_log", "constant", "linear"))
     rmsprop_decay: float = _f(0.99, "RMSProp's decay of the mean squared gradient.",
                               min=0.0, max=1.0)
     optimizer_epsilon: float = _f(1e-5, "Epsilon of RMSProp (inside the square root) or Adam.",
@@ -403,6 +405,10 @@ def validate(cfg: Config) -> None:
     if t.total_env_steps == 0 and t.total_episodes == 0 and t.time_limit_minutes == 0:
         raise ConfigError("training: no stop condition; set training.total_env_steps, "
                           "training.total_episodes or training.time_limit_minutes above 0")
+    if t.lr_schedule == "linear" and t.total_env_steps == 0:
+        raise ConfigError("training.lr_schedule: 'linear' decays to 0 at "
+                          "training.total_env_steps; set total_env_steps above 0 or use "
+                          "lr_schedule 'constant'")
     if kind == "atari":
         if cfg.env.action_set == "seed" and cfg.env.id.lower() not in GAME_PRESETS:
             raise ConfigError(f"env.action_set: 'seed' exists only for the seed's games "

@@ -71,6 +71,12 @@ class EnvBatch:
             actions = np.where(self._force_fire, self.fire_action, actions)
         return actions
 
+    def forced_mask(self) -> np.ndarray:
+        """[N] bool: where ``forced_actions`` overrides the agent on the next step."""
+        if self.fire_action is None:
+            return np.zeros(self.num_envs, bool)
+        return self._force_fire.copy()
+
     def step(self, actions: np.ndarray) -> StepResult:
         env_actions = self.action_map[actions]
         obs, reward, terminated, truncated, info = self._env.step(env_actions)

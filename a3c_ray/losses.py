@@ -29,13 +29,20 @@ def n_step_returns(rewards: np.ndarray, dones: np.ndarray, bootstrap: np.ndarray
 
 
 def a3c_loss(logits: tf.Tensor, values: tf.Tensor, actions: tf.Tensor, returns: tf.Tensor,
-             entropy_coef: float, value_coef: float) -> dict[str, tf.Tensor]:
+             entropy_coef: float, value_coef: float,
+             policy_mask: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Actor-critic loss from logits, means over the batch.
 
-    policy = -mean(log pi(a|s) * stop_gradient(R - V(s)))   (no gradient into the critic)
+    policy = -mean(m * log pi(a|s) * stop_gradient(R - V(s)))   (no gradient into the critic)
     entropy = mean(-sum_a pi log pi)                         (log-softmax: finite for any logits)
     value = mean((R - V(s))^2)
     total = policy - entropy_coef * entropy + value_coef * value
+
+    m (policy_mask, default all ones) is 0 where the env, not the policy, chose the
+    action (FIRE forced after a lost life): that step's log pi(a|s) would be an
+    off-policy term pushing the policy toward an action it did not take. The
+    critic still learns from those states. The mean stays over the whole batch so
+    the loss scale does not depend on how many steps were forced.
     """
     logits = tf.cast(logits, tf.float32)
     values = tf.cast(values, tf.float32)
@@ -43,7 +50,10 @@ def a3c_loss(logits: tf.Tensor, values: tf.Tensor, actions: tf.Tensor, returns: 
     probs = tf.exp(log_probs)
     log_prob_taken = tf.gather(log_probs, tf.cast(actions, tf.int32), batch_dims=1)
     advantages = tf.stop_gradient(returns - values)
-    policy_loss = -tf.reduce_mean(log_prob_taken * advantages)
+    weighted = log_prob_taken * advantages
+    if policy_mask is not None:
+        weighted = weighted * tf.cast(policy_mask, tf.float32)
+    policy_loss = -tf.reduce_mean(weighted)
     # multiply_no_nan: 0 * log(0) counts as 0 even if a logit is -inf.
     entropy = -tf.reduce_mean(tf.reduce_sum(tf.math.multiply_no_nan(log_probs, probs), -1))
     value_loss = tf.reduce_mean(tf.square(returns - values))

@@ -90,6 +90,8 @@ class ParameterServer:
         t = self.cfg.training
         if t.lr_schedule == "seed_log":
             return seed_lr(t.lr, self.counters["episodes"])
+        if t.lr_schedule == "linear":
+            return t.lr * max(0.0, 1.0 - self.counters["env_steps"] / t.total_env_steps)
         return t.lr
 
     # ---- the PS API ----------------------------------------------------------

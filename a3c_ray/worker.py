@@ -41,6 +41,7 @@ class RolloutWorker:
         self._act_buf = np.zeros((T, n), np.int32)
         self._rew_buf = np.zeros((T, n), np.float32)
         self._done_buf = np.zeros((T, n), bool)
+        self._mask_buf = np.ones((T, n), np.float32)  # 0 where the env forced the action
         self._ep_pmax = np.zeros(n, np.float64)  # sum of max policy prob, per running episode
         self.obs = self.envs.reset()
         self.total_env_steps = 0
@@ -59,11 +60,12 @@ class RolloutWorker:
             return net.value(obs)
 
         @tf.function(input_signature=[obs_spec, tf.TensorSpec([None], tf.int32),
+                                      tf.TensorSpec([None], tf.float32),
                                       tf.TensorSpec([None], tf.float32)])
-        def gradient(obs, actions, returns):
+        def gradient(obs, actions, returns, policy_mask):
             with tf.GradientTape() as tape:
                 logits, values = net.forward(obs)
-                losses = a3c_loss(logits, values, actions, returns, ent, vcoef)
+                losses = a3c_loss(logits, values, actions, returns, ent, vcoef, policy_mask)
             grads = tape.gradient(losses["total"], variables)
             return grads, losses
 
@@ -92,7 +94,7 @@ class RolloutWorker:
                                  self.cfg.training.discount)
         grads, losses = self._gradient(
             self._obs_buf.reshape(T * n, *self.envs.obs_shape),
-            self._act_buf.reshape(-1), returns.reshape(-1))
+            self._act_buf.reshape(-1), returns.reshape(-1), self._mask_buf.reshape(-1))
         grads = [g.numpy() for g in grads]
         t_end = time.perf_counter()
         self.total_env_steps += T * n
@@ -123,6 +125,7 @@ class RolloutWorker:
             logits = self._act_cf(tf.constant(self.obs)).numpy().astype(np.float64)
             actions = _sample(logits, self.rng)
             probs_max = _max_prob(logits)
+            self._mask_buf[t] = ~envs.forced_mask()
             actions = envs.forced_actions(actions)
             t1 = time.perf_counter()
             self._obs_buf[t] = self.obs

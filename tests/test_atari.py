@@ -60,3 +60,30 @@ def test_new_run_refuses_existing_run_dir(tmp_path):
                    timeout=120)
     assert p.returncode == 2 and "already holds a run" in p.stderr
     assert (run / "config.yaml").read_text() == "keep: me\n"
+
+
+def test_forced_fire_after_lost_life_is_masked_out_of_the_policy_term():
+    """Breakout waits for FIRE after a lost life: the env presses it, and the worker
+    records that step with policy mask 0 (the policy did not choose it)."""
+    import numpy as np
+
+    from a3c_ray.config import load_config
+    from a3c_ray.worker import RolloutWorker
+
+    cfg = load_config(None, {"env.id": "breakout", "training.envs_per_worker": 4,
+                             "training.t_max": 50, "seed": 3})
+    w = RolloutWorker(cfg, 0, cpus=1)
+    fire = w.envs.action_names.index("FIRE")
+    forced = 0
+    for _ in range(12):  # random play loses a life every ~40 steps in each env
+        before_done = w._done_buf.copy()
+        w._rollout()
+        mask, acts, done = w._mask_buf, w._act_buf, w._done_buf
+        assert set(np.unique(mask)) <= {0.0, 1.0}
+        # a forced step is always FIRE, and always right after a step that ended a life
+        assert (acts[mask == 0] == fire).all()
+        prev_done = np.concatenate([before_done[-1:], done[:-1]])
+        assert prev_done[mask == 0].all()
+        forced += int((mask == 0).sum())
+    assert forced > 0, "no life was lost in 600 random Breakout steps per env"
+    w.close()

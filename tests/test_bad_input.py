@@ -37,6 +37,9 @@ CONFIG_CASES = {  # YAML text -> what the one line must say
     "keep_zero": ("checkpoint:\n  keep: 0\n", "checkpoint.keep: must be >= 1"),
     "negative_seed": ("seed: -1\n", "seed: must be >= 0"),
     "section_not_mapping": ("training: 5\n", "training: must be a mapping"),
+    "linear_lr_no_total": ("training:\n  lr_schedule: linear\n  total_env_steps: 0\n"
+                           "  time_limit_minutes: 60\n",
+                           "training.lr_schedule: 'linear' decays to 0 at"),
     "conv_filters_three": ("model:\n  conv_filters: [16, 32, 64]\n",
                            "model.conv_filters: the network has two convolutions"),
 }

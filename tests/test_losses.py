@@ -49,6 +49,20 @@ def test_loss_is_batch_mean():
     assert float(out["policy"]) == pytest.approx(math.log(2) * (1 + 3) / 2, rel=1e-6)
 
 
+def test_policy_mask_drops_forced_steps_from_the_policy_term_only():
+    # Same batch as above; step 2's action was forced by the env (mask 0): the policy
+    # term keeps only step 1's log(1/2) * 1 but is still a mean over both steps, and the
+    # value and entropy terms are unchanged.
+    logits = tf.Variable([[0.0, 0.0], [0.0, 0.0]])
+    with tf.GradientTape() as tape:
+        out = a3c_loss(logits, tf.constant([0.0, 0.0]), tf.constant([0, 1]),
+                       tf.constant([1.0, 3.0]), 0.0, 1.0, tf.constant([1.0, 0.0]))
+    assert float(out["policy"]) == pytest.approx(math.log(2) * 1 / 2, rel=1e-6)
+    assert float(out["value"]) == pytest.approx((1 + 9) / 2)
+    # d policy / d logits of the masked row is exactly zero
+    np.testing.assert_array_equal(tape.gradient(out["policy"], logits).numpy()[1], [0.0, 0.0])
+
+
 def test_no_gradient_into_critic_through_advantage():
     values = tf.Variable([1.0, -2.0])
     logits = tf.Variable([[0.3, -0.2], [1.0, 0.5]])

@@ -60,6 +60,16 @@ def test_lr_follows_seed_schedule_by_episodes(tmp_path):
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
 
 
+def test_linear_lr_decays_to_zero_at_total_env_steps(tmp_path):
+    ps = make_ps(tmp_path, **{"training.lr_schedule": "linear",
+                              "training.total_env_steps": 1000})
+    ps.apply_gradients(grads_like(ps), {"version": 0, "env_steps": 250})
+    assert ps.lr == pytest.approx(ps.cfg.training.lr * 0.75)
+    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
+    ps.apply_gradients(grads_like(ps), {"version": 1, "env_steps": 1000})
+    assert ps.lr == 0.0
+
+
 def test_constant_lr_by_default(tmp_path):
     ps = make_ps(tmp_path)
     ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})

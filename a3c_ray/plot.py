@@ -87,6 +87,9 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 100, title: Optiona
     ax_sps.set(xlabel="wall-clock (minutes)", ylabel="env steps/s", title="throughput")
     ax_lag.set(xlabel="wall-clock (minutes)", ylabel="versions",
                title="policy lag (median over the last status interval)")
+    # From 0, so a steady lag of 2 reads as 2 and not as noise around it.
+    ax_sps.set_ylim(bottom=0)
+    ax_lag.set_ylim(bottom=0, top=max(ax_lag.get_ylim()[1], 1.0) * 1.1)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -161,6 +161,16 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 # ---- Ray -----------------------------------------------------------------------
 
+def run_cpus(cfg: Config) -> float:
+    """CPUs this run has: the Ray cluster's (a local Ray may be given fewer than the
+    machine has), or 1 in serial mode. Recorded so that results name their share."""
+    if cfg.workers.mode == "serial":
+        return 1.0
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
 def start_ray(cfg: Config, run_name: str) -> None:
     import ray
 
@@ -368,7 +378,7 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
     reporter = Reporter(cfg, run_dir, start, stream=stream,
                         ray_metrics=cfg.workers.mode == "ray")
     reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
-        "version", "env_steps", "episodes", "updates")}, pid=os.getpid(),
+        "version", "env_steps", "episodes", "updates")}, cpus=run_cpus(cfg), pid=os.getpid(),
         ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None,
         ps_pid=start.get("pid"), ps_node=start.get("node"))
     if cfg.logging.console != "quiet":

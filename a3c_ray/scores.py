@@ -38,7 +38,17 @@ def run_summary(run_dir: Path) -> dict:
             wall += end - st["t"]
     cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
     return {"game": cfg.env.id, "frames": stops[-1]["env_steps"] * cfg.frames_per_step,
-            "wall_minutes": wall / 60, "workers": starts[-1]["workers"], "cfg": cfg}
+            "wall_minutes": wall / 60, "workers": starts[-1]["workers"], "cfg": cfg,
+            "cores": run_cores(starts[-1], cfg)}
+
+
+def run_cores(start: dict, cfg) -> str:
+    """The CPUs the run had: recorded at its start or, for runs from before that record,
+    the local Ray's num_cpus (all of the machine's when unset: assumed to be this one)."""
+    cpus = start.get("cpus")
+    if not cpus and not cfg.ray.address:
+        cpus = cfg.ray.num_cpus or os.cpu_count()
+    return f"{cpus:g}" if cpus else "?"
 
 
 def random_score(cfg, episodes: int = 10, seed: int = 7) -> float:
@@ -114,7 +124,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         ev = evaluate(str(run), episodes=args.episodes, policy=args.policy)
         rows.append({"game": s["game"], "frames": s["frames"], "wall_minutes": s["wall_minutes"],
-                     "cores": os.cpu_count(), "eval_mean": ev["score_mean"],
+                     "cores": s["cores"], "eval_mean": ev["score_mean"],
                      "eval_std": ev["score_std"], "episodes": ev["episodes"],
                      "random": random_score(s["cfg"], episodes=10)})
         print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)

@@ -86,3 +86,37 @@ def test_plot_draws_runs(short_run, tmp_path):
 def test_moving_average_golden():
     np.testing.assert_allclose(moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 2),
                                [1.0, 1.5, 2.5, 3.5])
+
+
+def test_scores_table_row_from_a_finished_run(short_run, tmp_path):
+    """The table names the game, the frames and CPUs the run had, the same evaluation
+    score `evaluate` gives, a measured random score and the paper's figure."""
+    import os
+
+    from a3c_ray.metrics import read_log
+
+    out = tmp_path / "scores.md"
+    p = cli("scores", str(short_run), "--episodes", "2", "--policy", "sampled", "-o", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| breakout |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    game, frames, _wall, cores, ev, rnd, ratio, paper = cells
+    log = read_log(short_run / "log.jsonl")
+    stop = [r for r in log if r["type"] == "stop"][-1]
+    start = [r for r in log if r["type"] == "start"][-1]
+    assert start["cpus"] == os.cpu_count()  # a local Ray takes the whole machine
+    assert cores == f"{start['cpus']:g}"
+    assert frames == f"{stop['env_steps'] * 4 / 1e6:.1f} M"
+    expect = evaluate(str(short_run), episodes=2, policy="sampled")
+    assert ev.startswith(f"{expect['score_mean']:.1f} ± {expect['score_std']:.1f} (2)")
+    assert float(rnd) > 0 and paper == "551.6"
+    assert "human starts" in out.read_text()
+
+
+def test_scores_refuses_an_unfinished_run(tmp_path):
+    run = tmp_path / "running"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"type": "start", "t": 0.0, "workers": 1}) + "\n")
+    p = cli("scores", str(run), "-o", str(tmp_path / "s.md"))
+    assert p.returncode == 2 and "has not stopped yet" in p.stderr
+    assert not (tmp_path / "s.md").exists()

@@ -209,7 +209,8 @@ def _pct(x) -> str:
 
 def format_table(result: dict) -> str:
     rows = ["| layout (workers x envs, t_max) | env steps/s | frames/s | updates/s "
-            "| lag median / p95 | of ALE bound | of network bound | worker time env/infer/grad/sync/wait | PS busy |",
+            "| lag median / p95 | of ALE bound | of network bound "
+            "| worker time env/infer/grad/sync/wait | PS busy |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["layouts"]:
         s = r["worker_time_split"]

@@ -65,17 +65,16 @@ class EnvBatch:
         self._obs = obs
         return obs
 
+    def forced_mask(self) -> np.ndarray:
+        """[N] bool, read-only: where the next step's action is FIRE whatever the agent
+        chose (a life was just lost in a game that waits for FIRE)."""
+        return self._force_fire
+
     def forced_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Replace the agent's choice with FIRE where a life was just lost."""
-        if self.fire_action is not None and self._force_fire.any():
+        """Replace the agent's choice with FIRE where ``forced_mask`` is set."""
+        if self._force_fire.any():
             actions = np.where(self._force_fire, self.fire_action, actions)
         return actions
-
-    def forced_mask(self) -> np.ndarray:
-        """[N] bool: where ``forced_actions`` overrides the agent on the next step."""
-        if self.fire_action is None:
-            return np.zeros(self.num_envs, bool)
-        return self._force_fire.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
         env_actions = self.action_map[actions]
@@ -90,7 +89,9 @@ class EnvBatch:
             lost = (lives < self._lives) & ~finished
             if self.cfg.env.terminal_on_life_loss:
                 done |= lost
-            self._force_fire = lost
+            if self.fire_action is not None:
+                # A new array each step, never written in place: forced_mask hands it out.
+                self._force_fire = lost
             self._lives = lives.copy()
         scores = self._score.copy()
         lengths = self._length.copy()

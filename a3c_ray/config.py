@@ -76,9 +76,15 @@ class ModelConfig:
     arch: str = _f("shared", "'separate': the seed's two networks (actor and critic, each "
                    "Conv32 8x8/4, Conv64 4x4/2, Dense 512); 'shared': one torso, two heads.",
                    choices=("separate", "shared"))
-    conv_filters: list = _f([16, 32], "Filters of the two convolutions (8x8 stride 4, 4x4 "
-                            "stride 2): [32, 64] is the seed's network, [16, 32] the A3C "
-                            "paper's (about 3x cheaper).")
+    torso: str = _f("a3c", "Convolutional torso: 'a3c' (two convolutions, 8x8 stride 4 and "
+                    "4x4 stride 2, as in the A3C paper and the seed) or 'universe' (one 3x3 "
+                    "stride-2 'same' convolution per conv_filters entry, as in "
+                    "universe-starter-agent; made for 42x42 input).",
+                    choices=("a3c", "universe"))
+    conv_filters: list = _f([16, 32], "Filters per convolution. torso 'a3c': exactly two; "
+                            "[32, 64] is the seed's network, [16, 32] the A3C paper's (about "
+                            "3x cheaper). torso 'universe': one to six; [32, 32, 32, 32] is "
+                            "universe-starter-agent's.")
     hidden_units: int = _f(256, "Units of the dense layer after the convolutions "
                            "(512 seed, 256 A3C paper).", min=1)
     activation: str = _f("elu", "Activation of the convolutional torso: 'elu' "
@@ -416,9 +422,13 @@ def validate(cfg: Config) -> None:
     elif cfg.env.action_set == "seed":
         raise ConfigError(f"env.action_set: 'seed' applies to Atari games only; use "
                           f"'minimal' for {cfg.env.id}")
-    if len(cfg.model.conv_filters) != 2:
-        raise ConfigError(f"model.conv_filters: the network has two convolutions; give two "
-                          f"filter counts like [32, 64], got {cfg.model.conv_filters!r}")
+    m = cfg.model
+    if m.torso == "a3c" and len(m.conv_filters) != 2:
+        raise ConfigError(f"model.conv_filters: the 'a3c' torso has two convolutions; give two "
+                          f"filter counts like [32, 64], got {m.conv_filters!r}")
+    if m.torso == "universe" and not 1 <= len(m.conv_filters) <= 6:
+        raise ConfigError(f"model.conv_filters: the 'universe' torso takes one to six 3x3 "
+                          f"stride-2 convolutions, like [32, 32, 32, 32]; got {m.conv_filters!r}")
     if cfg.workers.mode == "serial" and cfg.ray.address:
         raise ConfigError("workers.mode: 'serial' runs without Ray; drop --address or use "
                           "workers.mode=ray")

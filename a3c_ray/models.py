@@ -36,15 +36,18 @@ def configure_tf_threads(cpus: float) -> None:
 
 def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str):
     if is_image:
-        f1, f2 = cfg.conv_filters
         # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU too): Keras'
         # Glorot default shrinks activations layer by layer.
         init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
         act = cfg.activation
-        x = keras.layers.Conv2D(f1, 8, strides=4, activation=act, dtype=dtype,
-                                kernel_initializer=init, name=f"{prefix}conv1")(x)
-        x = keras.layers.Conv2D(f2, 4, strides=2, activation=act, dtype=dtype,
-                                kernel_initializer=init, name=f"{prefix}conv2")(x)
+        if cfg.torso == "a3c":
+            layers = [(cfg.conv_filters[0], 8, 4, "valid"), (cfg.conv_filters[1], 4, 2, "valid")]
+        else:  # universe-starter-agent: small kernels keep detail at 42x42
+            layers = [(f, 3, 2, "same") for f in cfg.conv_filters]
+        for i, (filters, kernel, stride, padding) in enumerate(layers, 1):
+            x = keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding,
+                                    activation=act, dtype=dtype, kernel_initializer=init,
+                                    name=f"{prefix}conv{i}")(x)
         x = keras.layers.Flatten(dtype=dtype, name=f"{prefix}flatten")(x)
         return keras.layers.Dense(cfg.hidden_units, activation=act, dtype=dtype,
                                   kernel_initializer=init, name=f"{prefix}fc")(x)

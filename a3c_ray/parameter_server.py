@@ -210,7 +210,7 @@ def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
     arch = m.arch if len(obs_shape) == 3 else m.mlp_arch
     return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": arch, "optimizer": cfg.training.optimizer,
                        "obs_shape": list(obs_shape), "n_actions": n_actions,
-                       "conv": m.conv_filters, "hidden": m.hidden_units, "activation": m.activation,
+                       "torso": m.torso, "conv": m.conv_filters, "hidden": m.hidden_units, "activation": m.activation,
                        "mlp": m.mlp_hidden_units}, sort_keys=True)
 
 
@@ -245,6 +245,7 @@ def verify_checkpoint(prefix: str) -> None:
 def check_checkpoint(prefix: str, expected_identity: str) -> None:
     got = read_identity(prefix)
     got.setdefault("activation", "relu")  # saved before model.activation existed: ReLU
+    got.setdefault("torso", "a3c")  # saved before model.torso existed
     want = json.loads(expected_identity)
     diff = [k for k in want if got.get(k) != want[k]]
     if diff:

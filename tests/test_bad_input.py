@@ -41,7 +41,9 @@ CONFIG_CASES = {  # YAML text -> what the one line must say
                            "  time_limit_minutes: 60\n",
                            "training.lr_schedule: 'linear' decays to 0 at"),
     "conv_filters_three": ("model:\n  conv_filters: [16, 32, 64]\n",
-                           "model.conv_filters: the network has two convolutions"),
+                           "model.conv_filters: the 'a3c' torso has two convolutions"),
+    "universe_no_filters": ("model:\n  torso: universe\n  conv_filters: []\n",
+                            "model.conv_filters: the 'universe' torso takes one to six"),
 }
 
 FLAG_CASES = {
@@ -139,6 +141,8 @@ RESUME_CASES = {
     "other_width": (lambda r: None, ["--set", "model.hidden_units=128"], "trained with hidden"),
     "other_filters": (lambda r: None, ["--set", "model.conv_filters=[32,64]"],
                       "trained with conv"),
+    "other_torso": (lambda r: None, ["--set", "model.torso=universe"],
+                    "trained with torso='a3c'"),
     "other_activation": (lambda r: None, ["--set", "model.activation=relu"],
                          "trained with activation='elu'"),
     "other_optimizer": (lambda r: None, ["--set", "training.optimizer=adam"],

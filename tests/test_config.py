@@ -12,6 +12,7 @@ def test_default_config_loads_with_the_documented_defaults():
         (0.99, 0.01, 0.5, 0.5)
     assert t.t_max == 20 and t.optimizer == "rmsprop" and cfg.model.arch == "shared"
     assert cfg.model.conv_filters == [16, 32] and cfg.model.hidden_units == 256
+    assert cfg.model.torso == "a3c"
     assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
     assert t.lr_schedule == "constant" and t.lr == 1.4e-3 and cfg.model.activation == "elu"
 
@@ -42,6 +43,9 @@ def test_overrides_apply():
       "training.time_limit_minutes": 0}, "no stop condition"),
     ({"env.id": "CartPole-v1", "env.action_set": "seed"}, "Atari games only"),
     ({"bogus.key": 1}, "unknown section 'bogus'"),
+    ({"model.torso": "resnet"}, "model.torso: must be one of"),
+    ({"model.torso": "universe", "model.conv_filters": [32] * 7}, "one to six"),
+    ({"model.conv_filters": [16, 0]}, "must be a list of positive integers"),
 ])
 def test_bad_values_raise_one_line(overrides, needle):
     with pytest.raises(ConfigError) as e:

@@ -1,0 +1,40 @@
+"""The torsos' shapes and sizes, checked against hand-computed numbers."""
+import numpy as np
+import pytest
+
+from a3c_ray.config import load_config
+from a3c_ray.models import ActorCritic
+
+
+def _net(obs_shape, n_actions=6, **overrides):
+    return ActorCritic(obs_shape, n_actions, load_config(None, overrides).model)
+
+
+def test_a3c_torso_matches_the_a3c_paper_network():
+    net = _net((4, 84, 84))
+    # conv 8x8/4: 84 -> 20; conv 4x4/2: 20 -> 9; 9*9*32 = 2592 features into Dense 256.
+    conv1 = (8 * 8 * 4 + 1) * 16
+    conv2 = (4 * 4 * 16 + 1) * 32
+    fc = (2592 + 1) * 256
+    heads = (256 + 1) * 6 + (256 + 1) * 1
+    assert net.num_params() == conv1 + conv2 + fc + heads == 677_943
+
+
+def test_universe_torso_keeps_a_3x3_map_at_42x42():
+    net = _net((4, 42, 42), **{"model.torso": "universe", "env.screen_size": 42,
+                                "model.conv_filters": [32, 32, 32, 32]})
+    names = [layer.name for layer in net.models["shared"].layers]
+    assert [n for n in names if n.startswith("conv")] == ["conv1", "conv2", "conv3", "conv4"]
+    # 'same' padding, stride 2: 42 -> 21 -> 11 -> 6 -> 3, so 3*3*32 = 288 features.
+    assert net.models["shared"].get_layer("flatten").output.shape[-1] == 288
+    conv = (3 * 3 * 4 + 1) * 32 + 3 * (3 * 3 * 32 + 1) * 32
+    assert net.num_params() == conv + (288 + 1) * 256 + (256 + 1) * 7 == 104_711
+
+
+@pytest.mark.parametrize("torso, filters", [("a3c", [16, 32]), ("universe", [32, 32])])
+def test_forward_gives_logits_and_values_per_observation(torso, filters):
+    net = _net((4, 42, 42), **{"model.torso": torso, "model.conv_filters": filters})
+    obs = np.random.default_rng(0).integers(0, 256, (5, 4, 42, 42), dtype=np.uint8)
+    logits, value = net.forward(obs)
+    assert logits.shape == (5, 6) and value.shape == (5,)
+    assert np.all(np.isfinite(logits.numpy())) and np.all(np.isfinite(value.numpy()))

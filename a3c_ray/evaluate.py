@@ -61,7 +61,8 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     n = max(1, min(num_envs, episodes))
     envs = EnvBatch(cfg, n, seed)
     net = load_policy(cfg, prefix, envs.obs_shape, envs.n_actions)
-    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(envs.obs_dtype)])
+    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(envs.obs_dtype)],
+                            autograph=False)
     rng = np.random.default_rng(seed)
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
     scores, lengths = [], []
@@ -116,7 +117,8 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     out.mkdir(parents=True, exist_ok=True)
     env = EnvBatch(cfg, 1, seed)
     net = load_policy(cfg, prefix, env.obs_shape, env.n_actions)
-    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(env.obs_dtype)])
+    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(env.obs_dtype)],
+                            autograph=False)
     rng = np.random.default_rng(seed)
     paths = []
     obs = env.reset()

@@ -70,7 +70,7 @@ class ParameterServer:
         specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.net.variables]
         clip = self.cfg.training.grad_clip_norm
 
-        @tf.function(input_signature=[specs])
+        @tf.function(input_signature=[specs], autograph=False)
         def apply(grads):
             i = 0
             for opt, vs in groups:

@@ -51,17 +51,20 @@ class RolloutWorker:
         obs_spec = net.obs_spec(self.envs.obs_dtype)
         variables = net.variables
 
-        @tf.function(input_signature=[obs_spec], reduce_retracing=True)
+        # autograph=False: no tensor-dependent Python control flow here, and autograph
+        # writes a temp file per converted function that a killed Ray worker never removes.
+        @tf.function(input_signature=[obs_spec], reduce_retracing=True, autograph=False)
         def act(obs):
             return net.logits(obs)
 
-        @tf.function(input_signature=[obs_spec])
+        @tf.function(input_signature=[obs_spec], autograph=False)
         def value(obs):
             return net.value(obs)
 
         @tf.function(input_signature=[obs_spec, tf.TensorSpec([None], tf.int32),
                                       tf.TensorSpec([None], tf.float32),
-                                      tf.TensorSpec([None], tf.float32)])
+                                      tf.TensorSpec([None], tf.float32)],
+                     autograph=False)
         def gradient(obs, actions, returns, policy_mask):
             with tf.GradientTape() as tape:
                 logits, values = net.forward(obs)

@@ -27,7 +27,7 @@ def load_run(run_dir: Path) -> dict:
     if not starts:
         raise ValueError(f"{log}: no start record; the file is not an a3c_ray run log")
     # Wall-clock excludes pauses between a stop and a --resume.
-    eps, status, wall_offset, last_t, t0 = [], [], 0.0, None, None
+    eps, status, segs, wall_offset, last_t, t0 = [], [], [], 0.0, None, None
     for r in recs:
         if r["type"] == "start":
             if last_t is not None:
@@ -39,12 +39,16 @@ def load_run(run_dir: Path) -> dict:
         last_t = r["t"]
         wall = wall_offset + r["t"] - t0
         if r["type"] == "episode":
-            eps.append((r["frames"], wall, r["score"]))
+            eps.append((r["frames"], wall, r["score"], r["env_steps"]))
+        elif r["type"] == "segment":
+            segs.append((r["env_steps"], wall, r["losses"]["entropy"]))
         elif r["type"] == "status":
             status.append((r["frames"], wall, r.get("steps_per_s") or 0.0,
                            r.get("policy_lag_median")))
-    return {"name": run_dir.name, "episodes": np.array(eps, float).reshape(-1, 3),
-            "status": status}
+    # episodes: frames, wall-clock s, score, env steps; segments: env steps, wall-clock s,
+    # policy entropy.
+    return {"name": run_dir.name, "episodes": np.array(eps, float).reshape(-1, 4),
+            "segments": np.array(segs, float).reshape(-1, 3), "status": status}
 
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:

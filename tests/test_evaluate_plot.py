@@ -83,6 +83,30 @@ def test_plot_draws_runs(short_run, tmp_path):
     assert p.returncode == 2 and "no log.jsonl" in p.stderr
 
 
+def test_compare_reads_the_logs_at_equal_steps_and_minutes(short_run, tmp_path):
+    from a3c_ray.compare import compare
+    from conftest import log_records
+
+    eps = log_records(short_run, "episode")
+    segs = log_records(short_run, "segment")
+    assert eps, "the short run finished no episode; the test needs one"
+    text = compare([short_run, short_run], by="steps", points=3, window=5)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    # The summary row: the run's last segment, in millions of env steps.
+    assert f"| {segs[-1]['env_steps']:,} |" in rows[1]
+    # The last row sits at the end of the run: the mean of its last 5 episode scores,
+    # and the mean entropy of its last 20 segments; both columns read the same run.
+    want = f"{np.mean([e['score'] for e in eps[-5:]]):.1f} " \
+           f"({np.mean([s['losses']['entropy'] for s in segs[-20:]]):.3f})"
+    assert rows[-1].endswith(f"| {want} | {want} |"), rows[-1]
+    assert len(rows) == 1 + 2 + 1 + 3  # summary header, 2 runs, table header, 3 points
+    assert "| minutes |" in compare([short_run], by="minutes", points=2, window=5)
+    p = cli("compare", str(short_run), str(tmp_path), "-o", str(tmp_path / "c.md"))
+    assert p.returncode == 2 and "no log.jsonl" in p.stderr
+    p = cli("compare", str(short_run), "--points", "2", "-o", str(tmp_path / "c.md"))
+    assert p.returncode == 0 and (tmp_path / "c.md").read_text() == p.stdout
+
+
 def test_moving_average_golden():
     np.testing.assert_allclose(moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 2),
                                [1.0, 1.5, 2.5, 3.5])

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .plot import load_run
+from .plot import load_run, moving_average
 
 _AXES = {"steps": (3, 0, "env steps"), "minutes": (1, 1, "minutes")}
 
@@ -34,9 +34,9 @@ def _value_at(run: dict, by: str, x: float, window: int, entropy_window: int
     """Moving-average score and mean entropy of the records up to x on the given axis."""
     ep_col, seg_col, _ = _AXES[by]
     e, s = run["episodes"], run["segments"]
-    scores = e[e[:, ep_col] <= x, 2][-window:]
+    scores = e[e[:, ep_col] <= x, 2]
     ent = s[s[:, seg_col] <= x, 2][-entropy_window:]
-    return (float(scores.mean()) if len(scores) else float("nan"),
+    return (float(moving_average(scores, window)[-1]) if len(scores) else float("nan"),
             float(ent.mean()) if len(ent) else float("nan"))
 
 
@@ -58,10 +58,9 @@ def compare(run_dirs: list[Path], by: str = "steps", points: int = 10, window: i
         avg, _ = _value_at(r, "steps", steps, window, entropy_window)
         lines.append(f"| {r['name']} | {_steps(steps)} | {wall / 60:.1f} | "
                      f"{steps / max(wall, 1e-9):,.0f} | {_cell(avg, float('nan'))} |")
-    unit = "env steps" if by == "steps" else "minutes"
     lines += ["", f"Moving average of the last {window} episodes (policy entropy, mean of "
               f"the last {entropy_window} segments) at equal {label}:", "",
-              f"| {unit} | " + " | ".join(r["name"] for r in runs) + " |",
+              f"| {label} | " + " | ".join(r["name"] for r in runs) + " |",
               "|---|" + "---|" * len(runs)]
     for x in np.linspace(end / points, end, points):
         cells = [_cell(*_value_at(r, by, x, window, entropy_window)) for r in runs]

@@ -110,6 +110,10 @@ class TrainingConfig:
                     min=1, max=10000)
     envs_per_worker: int = _f(16, "Environments each rollout worker steps together "
                               "(inference is batched over them).", min=1, max=1024)
+    gae_lambda: float = _f(1.0, "Lambda of generalized advantage estimation: 1 gives the "
+                           "A3C paper's n-step returns (up to t_max steps), lower values lean "
+                           "on the critic for less variance (PPO uses 0.95).",
+                           min=0.0, max=1.0)
     entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
     value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
     grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm, per network "

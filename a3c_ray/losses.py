@@ -28,6 +28,30 @@ def n_step_returns(rewards: np.ndarray, dones: np.ndarray, bootstrap: np.ndarray
     return out
 
 
+def lambda_returns(rewards: np.ndarray, dones: np.ndarray, values: np.ndarray,
+                   bootstrap: np.ndarray, discount: float, lam: float) -> np.ndarray:
+    """GAE(lambda) targets of one segment: advantages + values (Schulman et al. 2016).
+
+    values: [T, N], the critic's V(s_t) at acting time (the weights the gradient is
+    taken at, so R - V in the loss is exactly the GAE advantage). The rest as in
+    ``n_step_returns``. delta_t = r_t + gamma (1 - d_t) V(s_{t+1}) - V(s_t) and
+    A_t = delta_t + gamma lambda (1 - d_t) A_{t+1}; lambda = 1 gives the n-step
+    returns, lambda = 0 one-step TD targets.
+    """
+    rewards = np.asarray(rewards, np.float32)
+    values = np.asarray(values, np.float32)
+    keep = 1.0 - np.asarray(dones, np.float32)
+    adv = np.empty_like(rewards)
+    running = np.zeros(rewards.shape[1], np.float32)
+    next_value = np.asarray(bootstrap, np.float32)
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        delta = rewards[t] + discount * keep[t] * next_value - values[t]
+        running = delta + discount * lam * keep[t] * running
+        adv[t] = running
+        next_value = values[t]
+    return adv + values
+
+
 def a3c_loss(logits: tf.Tensor, values: tf.Tensor, actions: tf.Tensor, returns: tf.Tensor,
              entropy_coef: float, value_coef: float,
              policy_mask: tf.Tensor | None = None) -> dict[str, tf.Tensor]:

@@ -34,7 +34,6 @@ class ParameterServer:
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int,
                  checkpoint_dir: Optional[str] = None, cpus: float = 1.0):
         configure_tf_threads(max(cpus, 1.0))
-        import keras
         import tensorflow as tf
 
         self.cfg = cfg

@@ -42,6 +42,8 @@ class RolloutWorker:
         self._rew_buf = np.zeros((T, n), np.float32)
         self._done_buf = np.zeros((T, n), bool)
         self._mask_buf = np.ones((T, n), np.float32)  # 0 where the env forced the action
+        self._val_buf = np.zeros((T, n), np.float32)  # V(s_t) at acting time (GAE only)
+        self._gae = t.gae_lambda < 1.0
         self._ep_pmax = np.zeros(n, np.float64)  # sum of max policy prob, per running episode
         self.obs = self.envs.reset()
         self.total_env_steps = 0
@@ -72,15 +74,20 @@ class RolloutWorker:
             grads = tape.gradient(losses["total"], variables)
             return grads, losses
 
+        @tf.function(input_signature=[obs_spec], autograph=False)
+        def act_value(obs):
+            return net.logits_and_value(obs)
+
         self._act, self._value, self._gradient = act, value, gradient
         # Calling the concrete function skips tf.function's dispatch: ~20% faster
-        # at batch 8, and it cannot retrace.
-        self._act_cf = act.get_concrete_function()
+        # at batch 8, and it cannot retrace. With GAE the critic is read at every
+        # step too; without it only the logits (the separate critic is a whole network).
+        self._act_cf = (act_value if self._gae else act).get_concrete_function()
 
     # ---- one segment ---------------------------------------------------------
     def compute_gradients(self, weights: dict) -> tuple[list[np.ndarray], dict[str, Any]]:
         """Sync to `weights` ({'version', 'weights', 'ps'}), play a segment, return grads."""
-        from .losses import n_step_returns
+        from .losses import lambda_returns, n_step_returns
 
         t_start = time.perf_counter()
         wait_s = 0.0 if self._last_return is None else t_start - self._last_return
@@ -93,8 +100,12 @@ class RolloutWorker:
         T, n = self._act_buf.shape
         bootstrap = self._value(self.obs).numpy()
         t_boot = time.perf_counter()
-        returns = n_step_returns(self._rew_buf, self._done_buf, bootstrap,
-                                 self.cfg.training.discount)
+        t_cfg = self.cfg.training
+        if self._gae:
+            returns = lambda_returns(self._rew_buf, self._done_buf, self._val_buf, bootstrap,
+                                     t_cfg.discount, t_cfg.gae_lambda)
+        else:
+            returns = n_step_returns(self._rew_buf, self._done_buf, bootstrap, t_cfg.discount)
         grads, losses = self._gradient(
             self._obs_buf.reshape(T * n, *self.envs.obs_shape),
             self._act_buf.reshape(-1), returns.reshape(-1), self._mask_buf.reshape(-1))
@@ -125,7 +136,10 @@ class RolloutWorker:
         envs = self.envs
         for t in range(self._act_buf.shape[0]):
             t0 = time.perf_counter()
-            logits = self._act_cf(tf.constant(self.obs)).numpy().astype(np.float64)
+            out = self._act_cf(tf.constant(self.obs))
+            if self._gae:
+                out, self._val_buf[t] = out[0], out[1].numpy()
+            logits = out.numpy().astype(np.float64)
             actions = _sample(logits, self.rng)
             probs_max = _max_prob(logits)
             self._mask_buf[t] = ~envs.forced_mask()

@@ -87,3 +87,30 @@ def test_forced_fire_after_lost_life_is_masked_out_of_the_policy_term():
         forced += int((mask == 0).sum())
     assert forced > 0, "no life was lost in 600 random Breakout steps per env"
     w.close()
+
+
+def test_gae_worker_values_are_the_critics_at_the_gradient_weights():
+    """With gae_lambda < 1 the worker records V(s_t) while acting; they must be the
+    values the gradient's forward pass sees, so R - V in the loss is the GAE advantage."""
+    import numpy as np
+
+    from a3c_ray.config import load_config
+    from a3c_ray.losses import lambda_returns
+    from a3c_ray.worker import RolloutWorker
+
+    cfg = load_config(None, {"env.id": "pong", "training.envs_per_worker": 3,
+                             "training.t_max": 6, "training.gae_lambda": 0.9, "seed": 5})
+    w = RolloutWorker(cfg, 0, cpus=1)
+    weights = {"version": 0, "weights": w.net.get_weights()}
+    grads, stats = w.compute_gradients(weights)
+    T, n = w._act_buf.shape
+    obs = w._obs_buf.reshape(T * n, *w.envs.obs_shape)
+    v_now = w.net.value(obs).numpy().reshape(T, n)
+    np.testing.assert_allclose(w._val_buf, v_now, rtol=1e-4, atol=1e-5)
+    assert np.abs(w._val_buf).sum() > 0
+    rets = lambda_returns(w._rew_buf, w._done_buf, w._val_buf, w.net.value(w.obs).numpy(),
+                          0.99, 0.9)
+    adv = rets - w._val_buf
+    assert stats["losses"]["advantage"] == pytest.approx(float(adv.mean()), abs=1e-4)
+    assert all(np.isfinite(g).all() for g in grads)
+    w.close()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from a3c_ray.losses import a3c_loss, n_step_returns, seed_lr
+from a3c_ray.losses import a3c_loss, lambda_returns, n_step_returns, seed_lr
 
 
 def test_returns_restart_after_terminal_and_bootstrap_at_end():
@@ -26,6 +26,26 @@ def test_returns_zero_discount_is_reward():
     rew = np.array([[3.0, -1.0]])
     np.testing.assert_allclose(n_step_returns(rew, np.zeros((1, 2)), np.array([9.0, 9.0]), 0.0),
                                rew)
+
+
+def test_lambda_returns_golden():
+    # gamma 0.5, lambda 0.5, one env; V = (1, 2, 4), bootstrap 8, step 1 terminal.
+    # deltas: t=2: 1 + 0.5*8 - 4 = 1;  t=1: 0 - 2 = -2 (terminal);  t=0: 2 + 0.5*2 - 1 = 2
+    # A: t=2: 1;  t=1: -2 (the terminal cuts the trace);  t=0: 2 + 0.25*(-2) = 1.5
+    r = lambda_returns(np.array([[2.0], [0.0], [1.0]]), np.array([[0], [1], [0]]),
+                       np.array([[1.0], [2.0], [4.0]]), np.array([8.0]), 0.5, 0.5)
+    np.testing.assert_allclose(r[:, 0], [1.5 + 1.0, -2.0 + 2.0, 1.0 + 4.0])
+
+
+def test_lambda_one_is_n_step_and_lambda_zero_is_td():
+    rng = np.random.default_rng(0)
+    rew, val = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
+    done, boot = rng.random((7, 3)) < 0.2, rng.normal(size=3)
+    np.testing.assert_allclose(lambda_returns(rew, done, val, boot, 0.9, 1.0),
+                               n_step_returns(rew, done, boot, 0.9), rtol=1e-5, atol=1e-5)
+    next_v = np.concatenate([val[1:], boot[None]])
+    np.testing.assert_allclose(lambda_returns(rew, done, val, boot, 0.9, 0.0),
+                               rew + 0.9 * (1 - done) * next_v, rtol=1e-5, atol=1e-5)
 
 
 def test_loss_golden_values():

@@ -109,22 +109,14 @@ class ActorCritic:
             return tf.squeeze(self.models["critic"](x, training=False), -1)
         return tf.squeeze(self.models["shared"](x, training=False)[1], -1)
 
-    def logits_and_value(self, obs):
-        """Acting-time logits and V(s) from one pass (GAE needs V at every step)."""
+    def forward(self, obs, training: bool = True):
+        """Logits and V(s) from one pass (training=False at acting time, for GAE)."""
         x = self._prep(obs)
         if self.arch == "separate":
-            return (self.models["actor"](x, training=False),
-                    tf.squeeze(self.models["critic"](x, training=False), -1))
-        logits, value = self.models["shared"](x, training=False)
-        return logits, tf.squeeze(value, -1)
-
-    def forward(self, obs):
-        x = self._prep(obs)
-        if self.arch == "separate":
-            logits = self.models["actor"](x, training=True)
-            value = self.models["critic"](x, training=True)
+            logits = self.models["actor"](x, training=training)
+            value = self.models["critic"](x, training=training)
         else:
-            logits, value = self.models["shared"](x, training=True)
+            logits, value = self.models["shared"](x, training=training)
         return logits, tf.squeeze(value, -1)
 
     # ---- weights ------------------------------------------------------------

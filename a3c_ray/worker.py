@@ -76,7 +76,7 @@ class RolloutWorker:
 
         @tf.function(input_signature=[obs_spec], autograph=False)
         def act_value(obs):
-            return net.logits_and_value(obs)
+            return net.forward(obs, training=False)
 
         self._act, self._value, self._gradient = act, value, gradient
         # Calling the concrete function skips tf.function's dispatch: ~20% faster

@@ -60,12 +60,18 @@ def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
     acts = w._act_buf.reshape(-1)
     rets = np.zeros(T * n, np.float32)
     mask = np.ones(T * n, np.float32)
+    seg = (obs, acts, rets, mask, w.net.initial_state(n), np.zeros((T, n), np.float32))
+    act_args = (w.obs, w.state) if w.net.recurrent else (w.obs,)
+
+    def act():  # logits only (an LSTM's act also returns value and state)
+        out = w._act(*act_args)
+        return (out[0] if w.net.recurrent else out).numpy()
+
     for _ in range(2):  # trace and warm up
-        w._act(w.obs).numpy()
-        w._gradient(obs, acts, rets, mask)
-    infer = _median_rate(lambda: w._act(w.obs).numpy(), seconds / 3, 1)
-    grad = _median_rate(lambda: [g.numpy() for g in w._gradient(obs, acts, rets, mask)[0]],
-                        2 * seconds / 3, 1)
+        act()
+        w._gradient(*seg)
+    infer = _median_rate(act, seconds / 3, 1)
+    grad = _median_rate(lambda: [g.numpy() for g in w._gradient(*seg)[0]], 2 * seconds / 3, 1)
     w.close()
     seg_s = T / infer + 1.0 / grad
     return {"inference_ms_per_call": 1000 / infer, "gradient_ms_per_segment": 1000 / grad,

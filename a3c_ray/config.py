@@ -92,6 +92,12 @@ class ModelConfig:
                          "baselines; on Pong a quarter of the units are dead at init and "
                          "more die at higher lr).",
                          choices=("relu", "elu"))
+    lstm_units: int = _f(0, "0: feed-forward. Above 0: an LSTM of this many units after the "
+                         "convolutions (replacing the dense layer; for vector envs, after "
+                         "the MLP), its state carried across segments and reset at each "
+                         "episode's start, as in universe-starter-agent and RLlib's A3C "
+                         "(256 there, with torso 'universe' on 42x42). Needs arch 'shared' "
+                         "(mlp_arch 'shared' for vector envs).", min=0, max=4096)
     mlp_hidden_units: list = _f([64, 64], "Hidden layer sizes of the MLP used for "
                                 "vector-observation envs.")
     mlp_arch: str = _f("separate", "Like arch, for the MLP of vector-observation envs "
@@ -433,6 +439,10 @@ def validate(cfg: Config) -> None:
     if m.torso == "universe" and not 1 <= len(m.conv_filters) <= 6:
         raise ConfigError(f"model.conv_filters: the 'universe' torso takes one to six 3x3 "
                           f"stride-2 convolutions, like [32, 32, 32, 32]; got {m.conv_filters!r}")
+    if m.lstm_units and (m.arch if kind == "atari" else m.mlp_arch) != "shared":
+        key = "model.arch" if kind == "atari" else "model.mlp_arch"
+        raise ConfigError(f"model.lstm_units: the LSTM sits on a shared torso; set {key}=shared "
+                          f"or model.lstm_units=0")
     if cfg.workers.mode == "serial" and cfg.ray.address:
         raise ConfigError("workers.mode: 'serial' runs without Ray; drop --address or use "
                           "workers.mode=ray")

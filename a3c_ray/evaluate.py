@@ -52,28 +52,28 @@ def load_policy(cfg: Config, prefix: str, obs_shape: tuple, n_actions: int):
 
 def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int = 12345,
              num_envs: int = 8) -> dict:
-    import tensorflow as tf
-
     from .envs import EnvBatch
+    from .models import compile_policy
 
     run_dir, prefix = locate(target)
     cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
     n = max(1, min(num_envs, episodes))
     envs = EnvBatch(cfg, n, seed)
     net = load_policy(cfg, prefix, envs.obs_shape, envs.n_actions)
-    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(envs.obs_dtype)],
-                            autograph=False)
+    policy_fn, state = compile_policy(net, envs.obs_dtype), net.initial_state(n)
     rng = np.random.default_rng(seed)
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
     scores, lengths = [], []
     obs = envs.reset()
     while (quota > 0).any():
-        logits = logits_fn(obs).numpy().astype(np.float64)
+        logits, state = policy_fn(obs, state)
+        logits = logits.astype(np.float64)
         if policy == "greedy":
             actions = np.argmax(logits, 1).astype(np.int32)
         else:
             actions = np.argmax(logits + rng.gumbel(size=logits.shape), 1).astype(np.int32)
         res = envs.step(envs.forced_actions(actions))
+        state[res.finished] = 0.0  # an LSTM starts each episode from zero
         for i in np.flatnonzero(res.finished):
             if quota[i] > 0:
                 quota[i] -= 1
@@ -104,10 +104,10 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     run's own preprocessing), scaled up 3x: the same env the policy was trained on,
     no extra video dependencies.
     """
-    import tensorflow as tf
     from PIL import Image
 
     from .envs import EnvBatch
+    from .models import compile_policy
 
     run_dir, prefix = locate(target)
     cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
@@ -117,15 +117,16 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     out.mkdir(parents=True, exist_ok=True)
     env = EnvBatch(cfg, 1, seed)
     net = load_policy(cfg, prefix, env.obs_shape, env.n_actions)
-    logits_fn = tf.function(net.logits, input_signature=[net.obs_spec(env.obs_dtype)],
-                            autograph=False)
+    policy_fn = compile_policy(net, env.obs_dtype)
     rng = np.random.default_rng(seed)
     paths = []
     obs = env.reset()
     for ep in range(episodes):
         frames = [obs[0, -1].copy()]
+        state = net.initial_state(1)
         for _ in range(max_steps):
-            logits = logits_fn(obs).numpy().astype(np.float64)
+            logits, state = policy_fn(obs, state)
+            logits = logits.astype(np.float64)
             if policy == "sampled":
                 logits = logits + rng.gumbel(size=logits.shape)
             res = env.step(env.forced_actions(np.argmax(logits, 1).astype(np.int32)))

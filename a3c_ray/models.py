@@ -34,7 +34,7 @@ def configure_tf_threads(cpus: float) -> None:
         _configured_threads = (-1, -1)
 
 
-def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str):
+def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str, dense: bool = True):
     if is_image:
         # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU too): Keras'
         # Glorot default shrinks activations layer by layer.
@@ -49,6 +49,8 @@ def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str):
                                     activation=act, dtype=dtype, kernel_initializer=init,
                                     name=f"{prefix}conv{i}")(x)
         x = keras.layers.Flatten(dtype=dtype, name=f"{prefix}flatten")(x)
+        if not dense:  # the LSTM reads the conv features (universe-starter-agent)
+            return x
         return keras.layers.Dense(cfg.hidden_units, activation=act, dtype=dtype,
                                   kernel_initializer=init, name=f"{prefix}fc")(x)
     for i, units in enumerate(cfg.mlp_hidden_units):
@@ -61,6 +63,11 @@ class ActorCritic:
 
     ``groups`` lists (name, variables) per Keras model; the parameter server has
     one optimizer per group ("separate": actor and critic; "shared": one).
+
+    With ``lstm_units > 0`` the shared torso feeds an LSTM (universe-starter-agent,
+    RLlib's A3C): the net then carries a state per env, a float32 array
+    [n, 2 * lstm_units] (h and c side by side) that is zero at an episode's start.
+    Feed-forward nets have a state of width 0, so callers can treat both alike.
     """
 
     def __init__(self, obs_shape: tuple, n_actions: int, cfg: ModelConfig):
@@ -71,7 +78,12 @@ class ActorCritic:
         dtype = cfg.precision if cfg.precision != "float32" else "float32"
         in_shape = (obs_shape[1], obs_shape[2], obs_shape[0]) if self.is_image else obs_shape
         seed_init = keras.initializers.Orthogonal(gain=0.01)  # small logits: uniform start
-        if self.arch == "separate":
+        self.lstm_units = cfg.lstm_units
+        self.recurrent = self.lstm_units > 0
+        self.state_size = 2 * self.lstm_units
+        if self.recurrent:  # arch 'shared' (validate() checks)
+            self._build_recurrent(in_shape, n_actions, cfg, dtype, seed_init)
+        elif self.arch == "separate":
             a_in = keras.Input(in_shape, name="obs")
             logits = keras.layers.Dense(n_actions, dtype="float32", name="logits",
                                         kernel_initializer=seed_init)(
@@ -91,6 +103,30 @@ class ActorCritic:
         self.groups = [(name, list(m.trainable_variables)) for name, m in self.models.items()]
         self.variables = [v for _, vs in self.groups for v in vs]
 
+    def _build_recurrent(self, in_shape, n_actions, cfg, dtype, head_init):
+        """torso (obs -> features) and core (features, h, c -> logits, value, h, c).
+
+        Both live inside one Keras model 'shared' (one optimizer, one checkpoint
+        entry); the step and unroll helpers call the two parts directly so that a
+        segment's frames go through the convolutions as one batch.
+        """
+        s_in = keras.Input(in_shape, name="obs")
+        self._torso_model = keras.Model(
+            s_in, _torso(s_in, cfg, self.is_image, dtype, "", dense=False), name="torso")
+        f_in = keras.Input(self._torso_model.output.shape[1:], name="features")
+        h_in = keras.Input((self.lstm_units,), name="h")
+        c_in = keras.Input((self.lstm_units,), name="c")
+        out, (h, c) = keras.layers.LSTMCell(self.lstm_units, name="lstm")(f_in, [h_in, c_in])
+        logits = keras.layers.Dense(n_actions, dtype="float32", name="logits",
+                                    kernel_initializer=head_init)(out)
+        value = keras.layers.Dense(1, dtype="float32", name="value")(out)
+        self._core = keras.Model([f_in, h_in, c_in], [logits, value, h, c], name="core")
+        o_in = keras.Input(in_shape, name="obs")
+        h0, c0 = keras.Input((self.lstm_units,), name="h0"), keras.Input((self.lstm_units,), name="c0")
+        self.models = {"shared": keras.Model([o_in, h0, c0],
+                                             self._core([self._torso_model(o_in), h0, c0]),
+                                             name="shared")}
+
     # ---- graph-side helpers (call inside tf.function) ----------------------
     def _prep(self, obs):
         if self.is_image:
@@ -98,12 +134,14 @@ class ActorCritic:
         return tf.cast(obs, tf.float32)
 
     def logits(self, obs):
+        self._feed_forward_only()
         x = self._prep(obs)
         if self.arch == "separate":
             return self.models["actor"](x, training=False)
         return self.models["shared"](x, training=False)[0]
 
     def value(self, obs):
+        self._feed_forward_only()
         x = self._prep(obs)
         if self.arch == "separate":
             return tf.squeeze(self.models["critic"](x, training=False), -1)
@@ -111,6 +149,7 @@ class ActorCritic:
 
     def forward(self, obs, training: bool = True):
         """Logits and V(s) from one pass (training=False at acting time, for GAE)."""
+        self._feed_forward_only()
         x = self._prep(obs)
         if self.arch == "separate":
             logits = self.models["actor"](x, training=training)
@@ -118,6 +157,48 @@ class ActorCritic:
         else:
             logits, value = self.models["shared"](x, training=training)
         return logits, tf.squeeze(value, -1)
+
+    def _feed_forward_only(self):
+        if self.recurrent:
+            raise TypeError("a recurrent net needs its state: use step() or unroll()")
+
+    def step(self, obs, state):
+        """One acting step: (logits, V(s), next state). Feed-forward: state passes through."""
+        if not self.recurrent:
+            logits, value = self.forward(obs, training=False)
+            return logits, value, state
+        feat = self._torso_model(self._prep(obs), training=False)
+        h, c = tf.split(state, 2, axis=-1)
+        logits, value, h, c = self._core([feat, h, c], training=False)
+        return logits, tf.squeeze(value, -1), tf.concat([h, c], -1)
+
+    def unroll(self, obs, state0, starts, training: bool = True):
+        """Logits and values of a whole segment, for the gradient.
+
+        obs: [T * n, ...] time-major (step t of env i at row t * n + i); state0: [n, S],
+        the state the segment began with; starts: [T, n] float, 1 where obs[t] is the
+        first of a new episode (the state is zeroed there, as it was while acting).
+        T must be static. Feed-forward nets ignore state0 and starts.
+        """
+        if not self.recurrent:
+            return self.forward(obs, training=training)
+        T = starts.shape[0]
+        feat = self._torso_model(self._prep(obs), training=training)
+        feat = tf.reshape(feat, [T, -1, feat.shape[-1]])
+        h, c = tf.split(state0, 2, axis=-1)
+        logits, values = [], []
+        for t in range(T):  # T is small (t_max) and static: unrolled in the graph
+            keep = 1.0 - starts[t][:, None]
+            lg, v, h, c = self._core([feat[t], h * keep, c * keep], training=training)
+            logits.append(lg)
+            values.append(v)
+        return tf.concat(logits, 0), tf.squeeze(tf.concat(values, 0), -1)
+
+    def initial_state(self, n: int) -> np.ndarray:
+        return np.zeros((n, self.state_size), np.float32)
+
+    def state_spec(self) -> tf.TensorSpec:
+        return tf.TensorSpec([None, self.state_size], tf.float32)
 
     # ---- weights ------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -134,3 +215,18 @@ class ActorCritic:
 
     def num_params(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.variables))
+
+
+def compile_policy(net: ActorCritic, obs_dtype):
+    """A compiled acting function for play: (obs, state) -> (logits, next state), numpy.
+
+    Start from ``net.initial_state(n)`` and zero a row when its env's episode ends
+    (feed-forward nets pass their width-0 state through untouched).
+    """
+    spec = net.obs_spec(obs_dtype)
+    if net.recurrent:
+        step = tf.function(lambda obs, state: net.step(obs, state)[::2],
+                           input_signature=[spec, net.state_spec()], autograph=False)
+        return lambda obs, state: tuple(np.array(x) for x in step(obs, state))
+    logits = tf.function(net.logits, input_signature=[spec], autograph=False)
+    return lambda obs, state: (logits(obs).numpy(), state)

@@ -207,10 +207,13 @@ def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
     """What a checkpoint must match to be resumed by this config."""
     m = cfg.model
     arch = m.arch if len(obs_shape) == 3 else m.mlp_arch
-    return json.dumps({"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": arch, "optimizer": cfg.training.optimizer,
-                       "obs_shape": list(obs_shape), "n_actions": n_actions,
-                       "torso": m.torso, "conv": m.conv_filters, "hidden": m.hidden_units, "activation": m.activation,
-                       "mlp": m.mlp_hidden_units}, sort_keys=True)
+    ident = {"game": cfg.game_name, "action_set": cfg.env.action_set, "arch": arch,
+             "optimizer": cfg.training.optimizer, "obs_shape": list(obs_shape),
+             "n_actions": n_actions, "torso": m.torso, "conv": m.conv_filters,
+             "hidden": m.hidden_units, "activation": m.activation, "mlp": m.mlp_hidden_units}
+    if m.lstm_units:  # only then: feed-forward checkpoints keep the identity they had
+        ident["lstm"] = m.lstm_units
+    return json.dumps(ident, sort_keys=True)
 
 
 def read_identity(prefix: str) -> dict:
@@ -245,7 +248,9 @@ def check_checkpoint(prefix: str, expected_identity: str) -> None:
     got = read_identity(prefix)
     got.setdefault("activation", "relu")  # saved before model.activation existed: ReLU
     got.setdefault("torso", "a3c")  # saved before model.torso existed
+    got.setdefault("lstm", 0)  # feed-forward checkpoints do not name it
     want = json.loads(expected_identity)
+    want.setdefault("lstm", 0)
     diff = [k for k in want if got.get(k) != want[k]]
     if diff:
         k = diff[0]

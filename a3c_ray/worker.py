@@ -43,7 +43,11 @@ class RolloutWorker:
         self._done_buf = np.zeros((T, n), bool)
         self._mask_buf = np.ones((T, n), np.float32)  # 0 where the env forced the action
         self._val_buf = np.zeros((T, n), np.float32)  # V(s_t) at acting time (GAE only)
+        self._fin_buf = np.zeros((T, n), bool)  # the true episode ended at step t
         self._gae = t.gae_lambda < 1.0
+        self._recurrent = self.net.recurrent
+        self.state = self.net.initial_state(n)  # LSTM state per env (width 0 without one)
+        self._state0 = self.state.copy()  # the state the current segment began with
         self._ep_pmax = np.zeros(n, np.float64)  # sum of max policy prob, per running episode
         self.obs = self.envs.reset()
         self.total_env_steps = 0
@@ -51,6 +55,7 @@ class RolloutWorker:
 
         net, ent, vcoef = self.net, t.entropy_coef, t.value_loss_coef
         obs_spec = net.obs_spec(self.envs.obs_dtype)
+        state_spec = net.state_spec()
         variables = net.variables
 
         # autograph=False: no tensor-dependent Python control flow here, and autograph
@@ -65,11 +70,12 @@ class RolloutWorker:
 
         @tf.function(input_signature=[obs_spec, tf.TensorSpec([None], tf.int32),
                                       tf.TensorSpec([None], tf.float32),
-                                      tf.TensorSpec([None], tf.float32)],
+                                      tf.TensorSpec([None], tf.float32), state_spec,
+                                      tf.TensorSpec([T, None], tf.float32)],
                      autograph=False)
-        def gradient(obs, actions, returns, policy_mask):
+        def gradient(obs, actions, returns, policy_mask, state0, starts):
             with tf.GradientTape() as tape:
-                logits, values = net.forward(obs)
+                logits, values = net.unroll(obs, state0, starts)
                 losses = a3c_loss(logits, values, actions, returns, ent, vcoef, policy_mask)
             grads = tape.gradient(losses["total"], variables)
             return grads, losses
@@ -78,11 +84,23 @@ class RolloutWorker:
         def act_value(obs):
             return net.forward(obs, training=False)
 
-        self._act, self._value, self._gradient = act, value, gradient
+        @tf.function(input_signature=[obs_spec, state_spec], autograph=False)
+        def act_step(obs, state):
+            return net.step(obs, state)
+
+        # the acting function (a tf.function; bench.py calls it too) and the gradient's
+        self._act = act_step if self._recurrent else act
+        self._gradient = gradient
         # Calling the concrete function skips tf.function's dispatch: ~20% faster
         # at batch 8, and it cannot retrace. With GAE the critic is read at every
         # step too; without it only the logits (the separate critic is a whole network).
-        self._act_cf = (act_value if self._gae else act).get_concrete_function()
+        # An LSTM net always returns logits, value and its next state.
+        if self._recurrent:
+            self._act_cf = act_step.get_concrete_function()
+            self._value = lambda obs: act_step(obs, tf.constant(self.state))[1]
+        else:
+            self._act_cf = (act_value if self._gae else act).get_concrete_function()
+            self._value = value
 
     # ---- one segment ---------------------------------------------------------
     def compute_gradients(self, weights: dict) -> tuple[list[np.ndarray], dict[str, Any]]:
@@ -106,9 +124,13 @@ class RolloutWorker:
                                      t_cfg.discount, t_cfg.gae_lambda)
         else:
             returns = n_step_returns(self._rew_buf, self._done_buf, bootstrap, t_cfg.discount)
+        # obs[t] starts an episode where step t - 1 ended one (the state was zeroed there)
+        starts = np.zeros((T, n), np.float32)
+        starts[1:] = self._fin_buf[:-1]
         grads, losses = self._gradient(
             self._obs_buf.reshape(T * n, *self.envs.obs_shape),
-            self._act_buf.reshape(-1), returns.reshape(-1), self._mask_buf.reshape(-1))
+            self._act_buf.reshape(-1), returns.reshape(-1), self._mask_buf.reshape(-1),
+            self._state0, starts)
         grads = [g.numpy() for g in grads]
         t_end = time.perf_counter()
         self.total_env_steps += T * n
@@ -134,11 +156,16 @@ class RolloutWorker:
         env_s = infer_s = 0.0
         episodes: list[dict] = []
         envs = self.envs
+        self._state0 = self.state.copy()
         for t in range(self._act_buf.shape[0]):
             t0 = time.perf_counter()
-            out = self._act_cf(tf.constant(self.obs))
-            if self._gae:
-                out, self._val_buf[t] = out[0], out[1].numpy()
+            if self._recurrent:
+                out, val, state = self._act_cf(tf.constant(self.obs), tf.constant(self.state))
+                self._val_buf[t], self.state = val.numpy(), state.numpy()
+            else:
+                out = self._act_cf(tf.constant(self.obs))
+                if self._gae:
+                    out, self._val_buf[t] = out[0], out[1].numpy()
             logits = out.numpy().astype(np.float64)
             actions = _sample(logits, self.rng)
             probs_max = _max_prob(logits)
@@ -150,6 +177,9 @@ class RolloutWorker:
             res = envs.step(actions)
             self._rew_buf[t] = res.reward
             self._done_buf[t] = res.done
+            self._fin_buf[t] = res.finished
+            if self._recurrent:  # res.obs of a finished env is its next episode's first
+                self.state[res.finished] = 0.0
             self._ep_pmax += probs_max
             for i in np.flatnonzero(res.finished):
                 length = int(res.lengths[i])

@@ -121,6 +121,11 @@ class TrainingConfig:
                            "on the critic for less variance (PPO uses 0.95).",
                            min=0.0, max=1.0)
     entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
+    normalize_advantages: bool = _f(False, "Scale each batch's advantages to mean 0, std 1 "
+                                    "in the policy term (as in PPO implementations): the "
+                                    "policy gradient then keeps its weight against the "
+                                    "entropy bonus when rewards are rare or the critic "
+                                    "is young.")
     value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
     grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm, per network "
                                "(actor and critic apart when separate; 0 = off). "

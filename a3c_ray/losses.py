@@ -54,7 +54,8 @@ def lambda_returns(rewards: np.ndarray, dones: np.ndarray, values: np.ndarray,
 
 def a3c_loss(logits: tf.Tensor, values: tf.Tensor, actions: tf.Tensor, returns: tf.Tensor,
              entropy_coef: float, value_coef: float,
-             policy_mask: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+             policy_mask: tf.Tensor | None = None,
+             normalize_advantages: bool = False) -> dict[str, tf.Tensor]:
     """Actor-critic loss from logits, means over the batch.
 
     policy = -mean(m * log pi(a|s) * stop_gradient(R - V(s)))   (no gradient into the critic)
@@ -67,6 +68,11 @@ def a3c_loss(logits: tf.Tensor, values: tf.Tensor, actions: tf.Tensor, returns: 
     off-policy term pushing the policy toward an action it did not take. The
     critic still learns from those states. The mean stays over the whole batch so
     the loss scale does not depend on how many steps were forced.
+
+    normalize_advantages: the policy term uses (A - mean(A)) / (std(A) + 1e-8) over the
+    batch (as PPO implementations do), so its weight against the entropy bonus does
+    not depend on the game's reward scale or on how young the critic is. The
+    reported "advantage" stays the raw mean.
     """
     logits = tf.cast(logits, tf.float32)
     values = tf.cast(values, tf.float32)
@@ -74,7 +80,11 @@ def a3c_loss(logits: tf.Tensor, values: tf.Tensor, actions: tf.Tensor, returns: 
     probs = tf.exp(log_probs)
     log_prob_taken = tf.gather(log_probs, tf.cast(actions, tf.int32), batch_dims=1)
     advantages = tf.stop_gradient(returns - values)
-    weighted = log_prob_taken * advantages
+    weights = advantages
+    if normalize_advantages:
+        mean, var = tf.nn.moments(advantages, axes=[0])
+        weights = (advantages - mean) / (tf.sqrt(var) + 1e-8)
+    weighted = log_prob_taken * weights
     if policy_mask is not None:
         weighted = weighted * tf.cast(policy_mask, tf.float32)
     policy_loss = -tf.reduce_mean(weighted)

@@ -53,7 +53,7 @@ class RolloutWorker:
         self.total_env_steps = 0
         self._last_return: Optional[float] = None
 
-        net, ent, vcoef = self.net, t.entropy_coef, t.value_loss_coef
+        net, ent, vcoef, norm_adv = self.net, t.entropy_coef, t.value_loss_coef, t.normalize_advantages
         obs_spec = net.obs_spec(self.envs.obs_dtype)
         state_spec = net.state_spec()
         variables = net.variables
@@ -76,7 +76,8 @@ class RolloutWorker:
         def gradient(obs, actions, returns, policy_mask, state0, starts):
             with tf.GradientTape() as tape:
                 logits, values = net.unroll(obs, state0, starts)
-                losses = a3c_loss(logits, values, actions, returns, ent, vcoef, policy_mask)
+                losses = a3c_loss(logits, values, actions, returns, ent, vcoef, policy_mask,
+                                  norm_adv)
             grads = tape.gradient(losses["total"], variables)
             return grads, losses
 

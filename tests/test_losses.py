@@ -112,3 +112,19 @@ def test_seed_lr_schedule():
     assert seed_lr(1e-3, 0) == pytest.approx(1e-3)
     assert seed_lr(1e-3, 1000) == pytest.approx(1e-3 / math.log10(20))
     assert seed_lr(1e-3, 99000) == pytest.approx(1e-3 / 3.0)
+
+
+def test_normalized_advantages_golden():
+    # pi = (1/4, 3/4) in both rows; actions 1 and 0; advantages R - V = 2 and -2.
+    # Normalized: mean 0, std 2 -> (1, -1) (1e-8 aside).
+    # policy = -mean(log pi(a) * A_n) = -(log 3/4 * 1 + log 1/4 * -1) / 2 = -ln 3 / 2
+    logits = tf.constant([[0.0, math.log(3.0)]] * 2)
+    out = a3c_loss(logits, tf.constant([1.0, 1.0]), tf.constant([1, 0]), tf.constant([3.0, -1.0]),
+                   entropy_coef=0.01, value_coef=0.5, normalize_advantages=True)
+    assert float(out["policy"]) == pytest.approx(-math.log(3.0) / 2, rel=1e-6)
+    assert float(out["value"]) == pytest.approx(4.0, rel=1e-6)  # the critic's loss is unchanged
+    assert float(out["advantage"]) == pytest.approx(0.0, abs=1e-6)  # raw mean of (2, -2)
+    # scale-free: 10x the rewards and values give the same policy term
+    big = a3c_loss(logits, tf.constant([10.0, 10.0]), tf.constant([1, 0]),
+                   tf.constant([30.0, -10.0]), 0.01, 0.5, normalize_advantages=True)
+    assert float(big["policy"]) == pytest.approx(float(out["policy"]), rel=1e-5)

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import (Config, ConfigError, apply_overrides, field_docs, from_dict, load_yaml,
+from .config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
+                     from_dict, load_yaml,
                      parse_override, resolve_game, save_config, DEFAULT_CONFIG_PATH)
 
 EXIT_CONFIG = 2
@@ -102,7 +103,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no "
                               "config.yaml); pass a directory made by a3c_ray.driver")
-        base = load_yaml(args.config) if args.config else load_yaml(run_dir / "config.yaml")
+        base = (load_yaml(args.config) if args.config
+                else fill_legacy_defaults(load_yaml(run_dir / "config.yaml")))
     else:
         base = load_yaml(args.config or DEFAULT_CONFIG_PATH)
     ov: dict[str, Any] = {}

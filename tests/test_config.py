@@ -15,6 +15,7 @@ def test_default_config_loads_with_the_documented_defaults():
     assert cfg.model.torso == "a3c"
     assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
     assert t.lr_schedule == "constant" and t.lr == 1.4e-3 and cfg.model.activation == "elu"
+    assert t.normalize_advantages and t.gae_lambda == 1.0 and cfg.model.lstm_units == 0
 
 
 def test_every_yaml_key_is_documented_and_present():
@@ -61,3 +62,24 @@ def test_help_documents_every_key():
     for flag in ("--config", "--env", "--workers", "--total-steps", "--run-dir", "--resume",
                  "--address", "--set"):
         assert flag in p.stdout
+
+
+def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
+    """A run saved before normalize_advantages existed trained without it; --resume
+    must not switch it on just because the default changed since."""
+    import yaml
+
+    from a3c_ray.config import save_config
+    from a3c_ray.driver import build_parser, resolve_config
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run in (old, new):
+        run.mkdir()
+        save_config(load_config(), run / "config.yaml")
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    del raw["training"]["normalize_advantages"]  # as written by an older version
+    (old / "config.yaml").write_text(yaml.safe_dump(raw))
+    resume = lambda run, *a: resolve_config(build_parser().parse_args(["--resume", str(run), *a]))
+    assert resume(old).training.normalize_advantages is False
+    assert resume(new).training.normalize_advantages is True
+    assert resume(old, "--set", "training.normalize_advantages=true").training.normalize_advantages

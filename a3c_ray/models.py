@@ -122,7 +122,8 @@ class ActorCritic:
         value = keras.layers.Dense(1, dtype="float32", name="value")(out)
         self._core = keras.Model([f_in, h_in, c_in], [logits, value, h, c], name="core")
         o_in = keras.Input(in_shape, name="obs")
-        h0, c0 = keras.Input((self.lstm_units,), name="h0"), keras.Input((self.lstm_units,), name="c0")
+        h0 = keras.Input((self.lstm_units,), name="h0")
+        c0 = keras.Input((self.lstm_units,), name="c0")
         self.models = {"shared": keras.Model([o_in, h0, c0],
                                              self._core([self._torso_model(o_in), h0, c0]),
                                              name="shared")}

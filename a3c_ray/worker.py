@@ -53,7 +53,8 @@ class RolloutWorker:
         self.total_env_steps = 0
         self._last_return: Optional[float] = None
 
-        net, ent, vcoef, norm_adv = self.net, t.entropy_coef, t.value_loss_coef, t.normalize_advantages
+        net, ent, vcoef = self.net, t.entropy_coef, t.value_loss_coef
+        norm_adv = t.normalize_advantages
         obs_spec = net.obs_spec(self.envs.obs_dtype)
         state_spec = net.state_spec()
         variables = net.variables

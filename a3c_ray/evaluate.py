@@ -83,11 +83,16 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     envs.close()
     s, ln = np.array(scores), np.array(lengths)
     e = cfg.env
+    # An episode that ran to the frame cap was cut short, not ended by the game: a policy
+    # stuck in a loop shows up here (greedy play often does).
+    cap_steps = e.max_episode_frames // e.frame_skip if cfg.is_atari else None
     return {
         "checkpoint": prefix, "game": cfg.env.id, "episodes": len(s), "policy": policy,
         "score_mean": float(s.mean()), "score_median": float(np.median(s)),
         "score_min": float(s.min()), "score_max": float(s.max()), "score_std": float(s.std()),
         "length_mean": float(ln.mean()), "length_max": int(ln.max()), "scores": scores,
+        "lengths": lengths,
+        "capped": int((ln >= cap_steps).sum()) if cap_steps else 0,
         "protocol": (f"no-op starts up to {e.noop_max}, sticky actions "
                      f"{'on (p=' + str(e.repeat_action_probability) + ')' if e.repeat_action_probability else 'off'}, "
                      f"frame skip {e.frame_skip}, {policy} policy, true (unclipped) score, "
@@ -171,7 +176,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{res['game']}: {res['episodes']} episodes, {res['policy']} policy")
     print(f"  score  mean {res['score_mean']:.1f}  median {res['score_median']:.1f}  "
           f"min {res['score_min']:.1f}  max {res['score_max']:.1f}  std {res['score_std']:.1f}")
-    print(f"  length mean {res['length_mean']:.0f}  max {res['length_max']}")
+    capped = f"  ({res['capped']} cut at the frame cap)" if res["capped"] else ""
+    print(f"  length mean {res['length_mean']:.0f}  max {res['length_max']}{capped}")
     print(f"  protocol: {res['protocol']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
-                     from_dict, load_yaml,
-                     parse_override, resolve_game, save_config, DEFAULT_CONFIG_PATH)
+                     from_dict, load_yaml, parse_override, resolve_game, save_config,
+                     DEFAULT_CONFIG_PATH)
 
 EXIT_CONFIG = 2
 

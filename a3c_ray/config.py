@@ -77,13 +77,15 @@ class ModelConfig:
                    "Conv32 8x8/4, Conv64 4x4/2, Dense 512); 'shared': one torso, two heads.",
                    choices=("separate", "shared"))
     torso: str = _f("a3c", "Convolutional torso: 'a3c' (two convolutions, 8x8 stride 4 and "
-                    "4x4 stride 2, as in the A3C paper and the seed) or 'universe' (one 3x3 "
+                    "4x4 stride 2, as in the A3C paper and the seed), 'nature' (three: 8x8/4, "
+                    "4x4/2, 3x3/1, the DQN Nature network the A2C baselines use; with "
+                    "conv_filters [32, 64, 64] and hidden_units 512) or 'universe' (one 3x3 "
                     "stride-2 'same' convolution per conv_filters entry, as in "
                     "universe-starter-agent; made for 42x42 input).",
-                    choices=("a3c", "universe"))
+                    choices=("a3c", "nature", "universe"))
     conv_filters: list = _f([16, 32], "Filters per convolution. torso 'a3c': exactly two; "
                             "[32, 64] is the seed's network, [16, 32] the A3C paper's (about "
-                            "3x cheaper). torso 'universe': one to six; [32, 32, 32, 32] is "
+                            "3x cheaper). torso 'nature': exactly three. torso 'universe': one to six; [32, 32, 32, 32] is "
                             "universe-starter-agent's.")
     hidden_units: int = _f(256, "Units of the dense layer after the convolutions "
                            "(512 seed, 256 A3C paper).", min=1)
@@ -443,6 +445,9 @@ def validate(cfg: Config) -> None:
     if m.torso == "a3c" and len(m.conv_filters) != 2:
         raise ConfigError(f"model.conv_filters: the 'a3c' torso has two convolutions; give two "
                           f"filter counts like [32, 64], got {m.conv_filters!r}")
+    if m.torso == "nature" and len(m.conv_filters) != 3:
+        raise ConfigError(f"model.conv_filters: the 'nature' torso has three convolutions; give "
+                          f"three filter counts like [32, 64, 64], got {m.conv_filters!r}")
     if m.torso == "universe" and not 1 <= len(m.conv_filters) <= 6:
         raise ConfigError(f"model.conv_filters: the 'universe' torso takes one to six 3x3 "
                           f"stride-2 convolutions, like [32, 32, 32, 32]; got {m.conv_filters!r}")

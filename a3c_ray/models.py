@@ -42,6 +42,9 @@ def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str, dense: bool 
         act = cfg.activation
         if cfg.torso == "a3c":
             layers = [(cfg.conv_filters[0], 8, 4, "valid"), (cfg.conv_filters[1], 4, 2, "valid")]
+        elif cfg.torso == "nature":  # DQN (Nature 2015), A2C baselines
+            layers = [(cfg.conv_filters[0], 8, 4, "valid"), (cfg.conv_filters[1], 4, 2, "valid"),
+                      (cfg.conv_filters[2], 3, 1, "valid")]
         else:  # universe-starter-agent: small kernels keep detail at 42x42
             layers = [(f, 3, 2, "same") for f in cfg.conv_filters]
         for i, (filters, kernel, stride, padding) in enumerate(layers, 1):

@@ -46,6 +46,7 @@ def test_overrides_apply():
     ({"bogus.key": 1}, "unknown section 'bogus'"),
     ({"model.torso": "resnet"}, "model.torso: must be one of"),
     ({"model.torso": "universe", "model.conv_filters": [32] * 7}, "one to six"),
+    ({"model.torso": "nature"}, "the 'nature' torso has three convolutions"),
     ({"model.conv_filters": [16, 0]}, "must be a list of positive integers"),
 ])
 def test_bad_values_raise_one_line(overrides, needle):

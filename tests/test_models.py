@@ -20,6 +20,16 @@ def test_a3c_torso_matches_the_a3c_paper_network():
     assert net.num_params() == conv1 + conv2 + fc + heads == 677_943
 
 
+def test_nature_torso_matches_the_dqn_nature_network():
+    net = _net((4, 84, 84), **{"model.torso": "nature", "model.conv_filters": [32, 64, 64],
+                                "model.hidden_units": 512})
+    # 8x8/4: 84 -> 20; 4x4/2: 20 -> 9; 3x3/1: 9 -> 7; 7*7*64 = 3136 features into Dense 512.
+    assert net.models["shared"].get_layer("flatten").output.shape[-1] == 3136
+    conv = (8 * 8 * 4 + 1) * 32 + (4 * 4 * 32 + 1) * 64 + (3 * 3 * 64 + 1) * 64
+    heads = (512 + 1) * 6 + (512 + 1) * 1
+    assert net.num_params() == conv + (3136 + 1) * 512 + heads == 1_687_719
+
+
 def test_universe_torso_keeps_a_3x3_map_at_42x42():
     net = _net((4, 42, 42), **{"model.torso": "universe", "env.screen_size": 42,
                                 "model.conv_filters": [32, 32, 32, 32]})
@@ -31,7 +41,8 @@ def test_universe_torso_keeps_a_3x3_map_at_42x42():
     assert net.num_params() == conv + (288 + 1) * 256 + (256 + 1) * 7 == 104_711
 
 
-@pytest.mark.parametrize("torso, filters", [("a3c", [16, 32]), ("universe", [32, 32])])
+@pytest.mark.parametrize("torso, filters", [("a3c", [16, 32]), ("nature", [8, 8, 8]),
+                                                  ("universe", [32, 32])])
 def test_forward_gives_logits_and_values_per_observation(torso, filters):
     net = _net((4, 42, 42), **{"model.torso": torso, "model.conv_filters": filters})
     obs = np.random.default_rng(0).integers(0, 256, (5, 4, 42, 42), dtype=np.uint8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -372,6 +373,9 @@ def _build_section(name: str, cls: type, values: dict) -> Any:
     return cls(**kwargs)
 
 
+_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     """Check one value's type and range; ints are accepted where floats are expected."""
     text = str(f.type)  # a string: annotations are postponed
@@ -396,6 +400,8 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: must be an integer, got {value!r}")
     elif base == "float":
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-10 (no dot) as a string; 1.2 does not
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: must be a number, got {value!r}")
         value = float(value)

@@ -32,6 +32,19 @@ def test_overrides_apply():
     assert cfg.env.id == "pong" and cfg.training.lr == 5e-4 and cfg.workers.num_workers == 3
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML's safe_load) reads 1e-10 as a string; users write it anyway.
+    from a3c_ray.config import parse_override
+
+    key, value = parse_override("training.optimizer_epsilon=1e-10")
+    assert load_config(None, {key: value}).training.optimizer_epsilon == 1e-10
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  lr: 7E-4\n")
+    assert load_config(path).training.lr == 7e-4
+    with pytest.raises(ConfigError, match="training.lr: must be a number, got '1e-4x'"):
+        load_config(None, {"training.lr": "1e-4x"})
+
+
 @pytest.mark.parametrize("overrides, needle", [
     ({"training.lrr": 1}, "training.lrr: unknown key"),
     ({"training.t_max": "20"}, "training.t_max: must be an integer"),

@@ -86,8 +86,8 @@ class ModelConfig:
                     choices=("a3c", "nature", "universe"))
     conv_filters: list = _f([16, 32], "Filters per convolution. torso 'a3c': exactly two; "
                             "[32, 64] is the seed's network, [16, 32] the A3C paper's (about "
-                            "3x cheaper). torso 'nature': exactly three. torso 'universe': one to six; [32, 32, 32, 32] is "
-                            "universe-starter-agent's.")
+                            "3x cheaper). torso 'nature': exactly three. torso 'universe': "
+                            "one to six; [32, 32, 32, 32] is universe-starter-agent's.")
     hidden_units: int = _f(256, "Units of the dense layer after the convolutions "
                            "(512 seed, 256 A3C paper).", min=1)
     activation: str = _f("elu", "Activation of the convolutional torso: 'elu' "

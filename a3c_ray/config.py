@@ -30,6 +30,13 @@ GAME_PRESETS: dict[str, tuple[str, int]] = {
     "beamrider": ("beam_rider", 8),
 }
 
+#: (kernel, stride) of each 'valid' convolution of the fixed-depth torsos; 'universe'
+#: instead takes one 3x3 stride-2 'same' convolution per conv_filters entry.
+TORSO_KERNELS: dict[str, tuple[tuple[int, int], ...]] = {
+    "a3c": ((8, 4), (4, 2)),              # the A3C paper, the seed
+    "nature": ((8, 4), (4, 2), (3, 1)),   # DQN (Nature 2015), the A2C baselines
+}
+
 #: Small vector-observation tasks (an MLP is used) for fast tests and debugging.
 VECTOR_ENVS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "LunarLander-v3")
 
@@ -289,6 +296,19 @@ def _snake(name: str) -> str:
 
 # ---- loading ---------------------------------------------------------------
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading 1e-10 and 7E-4 as numbers as YAML 1.2 does (1.1: strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."))
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
+
+
 def load_yaml(path: Union[str, Path]) -> dict:
     """Read a YAML mapping with the safe loader."""
     p = Path(path)
@@ -296,7 +316,7 @@ def load_yaml(path: Union[str, Path]) -> dict:
         raise ConfigError(f"--config: file {str(p)!r} not found; pass an existing YAML file "
                           "(the default is ray_config.yaml)")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = _safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -316,7 +336,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: use section.key=value, e.g. training.lr=0.0005")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -373,9 +393,6 @@ def _build_section(name: str, cls: type, values: dict) -> Any:
     return cls(**kwargs)
 
 
-_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
 def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     """Check one value's type and range; ints are accepted where floats are expected."""
     text = str(f.type)  # a string: annotations are postponed
@@ -400,8 +417,6 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: must be an integer, got {value!r}")
     elif base == "float":
-        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-10 (no dot) as a string; 1.2 does not
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: must be a number, got {value!r}")
         value = float(value)
@@ -448,12 +463,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"env.action_set: 'seed' applies to Atari games only; use "
                           f"'minimal' for {cfg.env.id}")
     m = cfg.model
-    if m.torso == "a3c" and len(m.conv_filters) != 2:
-        raise ConfigError(f"model.conv_filters: the 'a3c' torso has two convolutions; give two "
-                          f"filter counts like [32, 64], got {m.conv_filters!r}")
-    if m.torso == "nature" and len(m.conv_filters) != 3:
-        raise ConfigError(f"model.conv_filters: the 'nature' torso has three convolutions; give "
-                          f"three filter counts like [32, 64, 64], got {m.conv_filters!r}")
+    fixed = TORSO_KERNELS.get(m.torso)
+    if fixed and len(m.conv_filters) != len(fixed):
+        n, example = {2: ("two", "[32, 64]"), 3: ("three", "[32, 64, 64]")}[len(fixed)]
+        raise ConfigError(f"model.conv_filters: the {m.torso!r} torso has {n} convolutions; "
+                          f"give {n} filter counts like {example}, got {m.conv_filters!r}")
     if m.torso == "universe" and not 1 <= len(m.conv_filters) <= 6:
         raise ConfigError(f"model.conv_filters: the 'universe' torso takes one to six 3x3 "
                           f"stride-2 convolutions, like [32, 32, 32, 32]; got {m.conv_filters!r}")

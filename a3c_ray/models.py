@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .config import ModelConfig
+from .config import TORSO_KERNELS, ModelConfig
 
 _configured_threads: tuple[int, int] | None = None
 
@@ -40,11 +40,9 @@ def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str, dense: bool 
         # Glorot default shrinks activations layer by layer.
         init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
         act = cfg.activation
-        if cfg.torso == "a3c":
-            layers = [(cfg.conv_filters[0], 8, 4, "valid"), (cfg.conv_filters[1], 4, 2, "valid")]
-        elif cfg.torso == "nature":  # DQN (Nature 2015), A2C baselines
-            layers = [(cfg.conv_filters[0], 8, 4, "valid"), (cfg.conv_filters[1], 4, 2, "valid"),
-                      (cfg.conv_filters[2], 3, 1, "valid")]
+        if cfg.torso in TORSO_KERNELS:
+            layers = [(f, k, s, "valid")
+                      for f, (k, s) in zip(cfg.conv_filters, TORSO_KERNELS[cfg.torso])]
         else:  # universe-starter-agent: small kernels keep detail at 42x42
             layers = [(f, 3, 2, "same") for f in cfg.conv_filters]
         for i, (filters, kernel, stride, padding) in enumerate(layers, 1):

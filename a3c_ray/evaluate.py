@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import Config, ConfigError, from_dict, load_yaml
+from .config import Config, ConfigError, load_run_config
 
 
 def locate(target: str) -> tuple[Path, str]:
@@ -56,7 +56,7 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     from .models import compile_policy
 
     run_dir, prefix = locate(target)
-    cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
+    cfg = load_run_config(run_dir)
     n = max(1, min(num_envs, episodes))
     envs = EnvBatch(cfg, n, seed)
     net = load_policy(cfg, prefix, envs.obs_shape, envs.n_actions)
@@ -115,7 +115,7 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     from .models import compile_policy
 
     run_dir, prefix = locate(target)
-    cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
+    cfg = load_run_config(run_dir)
     if not cfg.is_atari:
         raise ConfigError(f"--video: only Atari games are recorded, not {cfg.env.id}")
     out = Path(out_dir)

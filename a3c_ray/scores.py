@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ConfigError, from_dict, load_yaml
+from .config import ConfigError, load_run_config
 from .metrics import read_log
 
 #: A3C FF, 1 day on 16 CPU cores, human starts (Mnih et al. 2016, Table S3).
@@ -36,7 +36,7 @@ def run_summary(run_dir: Path) -> dict:
         end = next((r["t"] for r in recs if r["type"] == "stop" and r["t"] > st["t"]), None)
         if end:
             wall += end - st["t"]
-    cfg = from_dict(load_yaml(run_dir / "config.yaml"), source="config.yaml")
+    cfg = load_run_config(run_dir)
     return {"game": cfg.env.id, "frames": stops[-1]["env_steps"] * cfg.frames_per_step,
             "wall_minutes": wall / 60, "workers": starts[-1]["workers"], "cfg": cfg,
             "cores": run_cores(starts[-1], cfg)}

@@ -40,8 +40,8 @@ CONFIG_CASES = {  # YAML text -> what the one line must say
     "linear_lr_no_total": ("training:\n  lr_schedule: linear\n  total_env_steps: 0\n"
                            "  time_limit_minutes: 60\n",
                            "training.lr_schedule: 'linear' decays to 0 at"),
-    "conv_filters_two": ("model:\n  conv_filters: [16, 32]\n",
-                         "model.conv_filters: the 'nature' torso has three convolutions"),
+    "conv_filters_three": ("model:\n  conv_filters: [16, 32, 64]\n",
+                           "model.conv_filters: the 'a3c' torso has two convolutions"),
     "universe_no_filters": ("model:\n  torso: universe\n  conv_filters: []\n",
                             "model.conv_filters: the 'universe' torso takes one to six"),
 }
@@ -139,10 +139,10 @@ RESUME_CASES = {
     "other_network": (lambda r: None, ["--set", "model.arch=separate"],
                       "trained with arch='shared'"),
     "other_width": (lambda r: None, ["--set", "model.hidden_units=128"], "trained with hidden"),
-    "other_filters": (lambda r: None, ["--set", "model.conv_filters=[16,32,32]"],
+    "other_filters": (lambda r: None, ["--set", "model.conv_filters=[32,64]"],
                       "trained with conv"),
     "other_torso": (lambda r: None, ["--set", "model.torso=universe"],
-                    "trained with torso='nature'"),
+                    "trained with torso='a3c'"),
     "other_activation": (lambda r: None, ["--set", "model.activation=relu"],
                          "trained with activation='elu'"),
     "other_optimizer": (lambda r: None, ["--set", "training.optimizer=adam"],

@@ -73,8 +73,8 @@ def test_linear_lr_decays_to_zero_at_total_env_steps(tmp_path):
 def test_constant_lr_by_default(tmp_path):
     ps = make_ps(tmp_path)
     ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
-    assert ps.lr == ps.cfg.training.lr == 7e-4
-    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(7e-4, rel=1e-6)
+    assert ps.lr == ps.cfg.training.lr == 1.4e-3
+    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(1.4e-3, rel=1e-6)
 
 
 def test_rmsprop_bias_corrected_golden():
@@ -85,7 +85,7 @@ def test_rmsprop_bias_corrected_golden():
     from a3c_ray.config import load_config
     from a3c_ray.parameter_server import make_optimizer
 
-    t = load_config(None, {"training.lr": 0.01, "training.optimizer_epsilon": 1e-5}).training
+    t = load_config(None, {"training.lr": 0.01}).training
     opt = make_optimizer(t)
     w = tf.Variable([1.0, -2.0])
     g1, g2 = np.array([3.0, 0.5]), np.array([-1.0, 0.5])

@@ -155,6 +155,10 @@ class TrainingConfig:
                           "total_env_steps); 'seed_log': lr / log10(0.01 * episodes + 10) "
                           "driven by the global episode count (the seed's schedule).",
                           choices=("seed_log", "constant", "linear"))
+    lr_warmup_env_steps: int = _f(0, "The learning rate rises linearly from 0 to its "
+                                  "scheduled value over this many agent steps (0 = off): "
+                                  "an adaptive optimizer's first updates move every weight "
+                                  "by about lr whatever its gradient.", min=0)
     rmsprop_decay: float = _f(0.99, "RMSProp's decay of the mean squared gradient.",
                               min=0.0, max=1.0)
     optimizer_epsilon: float = _f(1e-5, "Epsilon of RMSProp (inside the square root) or Adam. "

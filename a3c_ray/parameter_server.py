@@ -87,11 +87,13 @@ class ParameterServer:
         from .losses import seed_lr
 
         t = self.cfg.training
+        steps = self.counters["env_steps"]
+        warm = min(1.0, steps / t.lr_warmup_env_steps) if t.lr_warmup_env_steps else 1.0
         if t.lr_schedule == "seed_log":
-            return seed_lr(t.lr, self.counters["episodes"])
+            return warm * seed_lr(t.lr, self.counters["episodes"])
         if t.lr_schedule == "linear":
-            return t.lr * max(0.0, 1.0 - self.counters["env_steps"] / t.total_env_steps)
-        return t.lr
+            return warm * t.lr * max(0.0, 1.0 - steps / t.total_env_steps)
+        return warm * t.lr
 
     # ---- the PS API ----------------------------------------------------------
     def get_weights(self) -> dict:

@@ -70,6 +70,17 @@ def test_linear_lr_decays_to_zero_at_total_env_steps(tmp_path):
     assert ps.lr == 0.0
 
 
+def test_lr_warmup_rises_linearly_then_follows_the_schedule(tmp_path):
+    ps = make_ps(tmp_path, **{"training.lr_schedule": "linear", "training.lr": 1e-3,
+                              "training.total_env_steps": 10_000,
+                              "training.lr_warmup_env_steps": 1000})
+    ps.apply_gradients(grads_like(ps), {"version": 0, "env_steps": 250})
+    assert ps.lr == pytest.approx(1e-3 * 0.25 * 0.975)
+    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
+    ps.apply_gradients(grads_like(ps), {"version": 1, "env_steps": 4750})  # at 5,000
+    assert ps.lr == pytest.approx(1e-3 * 0.5)  # warm: the linear decay alone
+
+
 def test_constant_lr_by_default(tmp_path):
     ps = make_ps(tmp_path)
     ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})

@@ -343,8 +343,50 @@ class Trainer:
         return path
 
 
+class StopSignals:
+    """SIGINT and SIGTERM become a stop request from the first moment of a run.
+
+    A signal during start-up (Ray, the actors) is kept and stops the loop at once,
+    with a final checkpoint: without this, Ray's start-up swallowed Ctrl-C and its
+    own SIGTERM handler replaced ours (the driver had to be killed). ``install()``
+    runs again after ``ray.init`` for that reason.
+    """
+
+    def __init__(self):
+        self.reason: Optional[str] = None
+        self.target = None  # the trainer's request_stop, once there is a trainer
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def install(self) -> None:
+        for s in self._old:
+            signal.signal(s, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.reason = self.reason or signal.Signals(signum).name
+        if self.target is not None:
+            self.target(self.reason)
+
+    def attach(self, request_stop) -> None:
+        self.target = request_stop
+        if self.reason:
+            request_stop(self.reason)
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
 def train(cfg: Config, resume: bool = False, stream=None) -> dict:
     """Run training to a stop condition; returns a summary dict."""
+    signals = StopSignals()
+    signals.install()
+    try:
+        return _train(cfg, resume, stream, signals)
+    finally:
+        signals.restore()
+
+
+def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     from .envs import EnvBatch
     from .metrics import Reporter
 
@@ -374,6 +416,7 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
         from .remote import RayBackend
 
         start_ray(cfg, run_dir.name)
+        signals.install()  # ray.init replaced the SIGTERM handler
         n = num_workers(cfg)
         backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name)
     start = backend.status()
@@ -388,9 +431,7 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
               f"| run dir {run_dir}", file=reporter.stream, flush=True)
     trainer = Trainer(cfg, backend, reporter, n, start["incarnation"])
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, lambda signum, _f: trainer.request_stop(signal.Signals(signum).name))
+    signals.attach(trainer.request_stop)
     try:
         reason = trainer.run()
         path = trainer.checkpoint()
@@ -406,8 +447,6 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
             print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)
         return summary
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         reporter.close()
         backend.shutdown()
 

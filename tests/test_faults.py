@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from conftest import ROOT, log_records, run_driver, wait_until
 
@@ -134,3 +135,22 @@ def test_checkpoint_cut_short_never_becomes_latest(tmp_path):
     assert ps2.restore()["version"] == 1
     assert ps2.restored_from == good
     assert json.loads((d / "latest.json").read_text())["path"] == "ckpt-1"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_startup_stops_cleanly(tmp_path, sig):
+    """Ctrl-C or SIGTERM while Ray and the actors start: a clean stop, not a hang."""
+    run = tmp_path / "run"
+    proc = start_driver(*FAST, "--time-limit", "10", "--run-dir", str(run))
+    try:
+        wait_until(lambda: (run / "config.yaml").exists(), 120, "the run's config")
+        proc.send_signal(sig)  # ray.init is starting now
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert f"stopped ({sig.name})" in out
+    stops = recs(run, "stop")
+    assert len(stops) == 1 and stops[0]["stop_reason"] == sig.name
+    assert stops[0]["env_steps"] < 5000  # stopped at once, not after minutes

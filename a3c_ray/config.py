@@ -84,23 +84,25 @@ class ModelConfig:
     arch: str = _f("shared", "'separate': the seed's two networks (actor and critic, each "
                    "Conv32 8x8/4, Conv64 4x4/2, Dense 512); 'shared': one torso, two heads.",
                    choices=("separate", "shared"))
-    torso: str = _f("a3c", "Convolutional torso: 'a3c' (two convolutions, 8x8 stride 4 and "
+    torso: str = _f("nature", "Convolutional torso: 'a3c' (two convolutions, 8x8 stride 4 and "
                     "4x4 stride 2, as in the A3C paper and the seed), 'nature' (three: 8x8/4, "
                     "4x4/2, 3x3/1, the DQN Nature network the A2C baselines use; with "
                     "conv_filters [32, 64, 64] and hidden_units 512) or 'universe' (one 3x3 "
                     "stride-2 'same' convolution per conv_filters entry, as in "
                     "universe-starter-agent; made for 42x42 input).",
                     choices=("a3c", "nature", "universe"))
-    conv_filters: list = _f([16, 32], "Filters per convolution. torso 'a3c': exactly two; "
-                            "[32, 64] is the seed's network, [16, 32] the A3C paper's (about "
-                            "3x cheaper). torso 'nature': exactly three. torso 'universe': "
+    conv_filters: list = _f([32, 64, 64], "Filters per convolution. torso 'a3c': exactly "
+                            "two; [32, 64] is the seed's network, [16, 32] the A3C paper's "
+                            "(about 3x cheaper). torso 'nature': exactly three, [32, 64, 64] "
+                            "as in the DQN Nature network. torso 'universe': "
                             "one to six; [32, 32, 32, 32] is universe-starter-agent's.")
-    hidden_units: int = _f(256, "Units of the dense layer after the convolutions "
-                           "(512 seed, 256 A3C paper).", min=1)
+    hidden_units: int = _f(512, "Units of the dense layer after the convolutions "
+                           "(512 seed and Nature network, 256 A3C paper).", min=1)
     activation: str = _f("elu", "Activation of the convolutional torso: 'elu' "
                          "(universe-starter-agent; no dead units) or 'relu' (A3C paper, A2C "
-                         "baselines; on Pong a quarter of the units are dead at init and "
-                         "more die at higher lr).",
+                         "baselines; with every layer adaptive, Pong's ReLUs die: 91% of "
+                         "conv1 at 0.37 M steps, session 12; Breakout learns faster with "
+                         "them).",
                          choices=("relu", "elu"))
     lstm_units: int = _f(0, "0: feed-forward. Above 0: an LSTM of this many units after the "
                          "convolutions (replacing the dense layer; for vector envs, after "
@@ -121,8 +123,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     discount: float = _f(0.99, "Discount factor gamma.", min=0.0, max=1.0)
-    t_max: int = _f(20, "Steps per segment in each env before a gradient is computed "
-                    "(20 as in the seed; the A3C paper used 5).",
+    t_max: int = _f(5, "Steps per segment in each env before a gradient is computed "
+                    "(5 as in the A3C paper and the A2C baselines; the seed used 20).",
                     min=1, max=10000)
     envs_per_worker: int = _f(16, "Environments each rollout worker steps together "
                               "(inference is batched over them).", min=1, max=1024)
@@ -131,13 +133,14 @@ class TrainingConfig:
                            "on the critic for less variance (PPO uses 0.95).",
                            min=0.0, max=1.0)
     entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
-    normalize_advantages: bool = _f(True, "Scale each batch's advantages to mean 0, std 1 "
+    normalize_advantages: bool = _f(False, "Scale each batch's advantages to mean 0, std 1 "
                                     "in the policy term (as in PPO implementations): the "
-                                    "policy gradient then keeps its weight against the "
-                                    "entropy bonus when rewards are rare or the critic "
-                                    "is young (BeamRider +45% at equal env steps, Pong's "
-                                    "takeoff 0.3 M steps sooner). false: the A3C paper's "
-                                    "raw advantages.")
+                                    "policy gradient keeps its weight against the entropy "
+                                    "bonus when rewards are rare or the critic is young. "
+                                    "It helped with the SGD-like epsilon 1e-5 (BeamRider "
+                                    "+45%); with every layer adaptive (epsilon 1e-10) it "
+                                    "collapses the policy (session 10). false: the A3C "
+                                    "paper's raw advantages.")
     value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
     grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm, per network "
                                "(actor and critic apart when separate; 0 = off). "
@@ -148,25 +151,26 @@ class TrainingConfig:
                         "at 0 and is bias-corrected as in Adam, so neither Keras' start-up "
                         "spike nor TF1's slow warm-up) or 'adam'.",
                         choices=("rmsprop", "adam"))
-    lr: float = _f(1.4e-3, "Base learning rate of the optimizer (A2C's 7e-4 at 80 samples "
-                    "per update, scaled by sqrt(4) for the default 320).", min=0.0, max=1.0)
+    lr: float = _f(7e-4, "Base learning rate of the optimizer (the A2C baselines' 7e-4, "
+                    "for 80 samples per update: t_max 5 x 16 envs).", min=0.0, max=1.0)
     lr_schedule: str = _f("constant", "'constant'; 'linear': lr * (1 - env_steps / "
                           "total_env_steps), down to 0 at the end (A2C baselines; needs "
                           "total_env_steps); 'seed_log': lr / log10(0.01 * episodes + 10) "
                           "driven by the global episode count (the seed's schedule).",
                           choices=("seed_log", "constant", "linear"))
-    lr_warmup_env_steps: int = _f(0, "The learning rate rises linearly from 0 to its "
+    lr_warmup_env_steps: int = _f(100_000, "The learning rate rises linearly from 0 to its "
                                   "scheduled value over this many agent steps (0 = off): "
                                   "an adaptive optimizer's first updates move every weight "
                                   "by about lr whatever its gradient.", min=0)
     rmsprop_decay: float = _f(0.99, "RMSProp's decay of the mean squared gradient.",
                               min=0.0, max=1.0)
-    optimizer_epsilon: float = _f(1e-5, "Epsilon of RMSProp (inside the square root) or Adam. "
-                                  "1e-5 inside the root (TF1, A2C baselines) is larger than "
-                                  "most layers' mean squared gradient: they train as plain "
-                                  "SGD. 1e-10 (PyTorch's 1e-5 outside) makes every layer "
-                                  "adaptive: Breakout learns 10x faster, but at lr 7e-4 "
-                                  "Pong's torso dies (docs/experiments.md, session 11).",
+    optimizer_epsilon: float = _f(1e-10, "Epsilon of RMSProp (inside the square root) or "
+                                  "Adam. 1e-10 (PyTorch's 1e-5 outside) makes every layer "
+                                  "adaptive. 1e-5 inside the root (TF1, A2C baselines, our "
+                                  "default until session 11) is larger than most layers' "
+                                  "mean squared gradient: they trained as plain SGD and "
+                                  "Breakout stayed near random for a million steps "
+                                  "(docs/experiments.md, session 11).",
                                   min=0.0)
     max_policy_lag: int = _f(0, "Gradients computed from weights more than this many "
                              "versions old are dropped and counted (0 = no bound).", min=0)
@@ -189,10 +193,13 @@ class WorkersConfig:
                             "{ps_node: 1} to pin it to a node started with that resource.")
     mode: str = _f("ray", "'ray': actors in a Ray cluster; 'serial': everything in one "
                    "process, same code (debugging, fast tests).", choices=("ray", "serial"))
-    wait_for_update: bool = _f(False, "true: a worker waits for its own gradient to be "
-                               "applied before its next segment (lowest lag); false: it plays "
-                               "on at once with the newest weights already applied (no idle "
-                               "PS round trip, about one more version of lag).")
+    wait_for_update: bool = _f(True, "true: a worker waits for its own gradient to be "
+                               "applied before its next segment (policy lag 1 with two "
+                               "workers); false: it plays on at once with the newest weights "
+                               "already applied (no idle PS round trip, one more version of "
+                               "lag). With every layer adaptive the extra lag collapsed "
+                               "Pong's policy (session 12), at no measurable throughput "
+                               "gain.")
     max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
 
@@ -489,9 +496,11 @@ def validate(cfg: Config) -> None:
                           "workers.mode=ray")
 
 
-# Settings whose default changed after runs were saved without them: a resumed run
-# keeps what it was trained with, not the new default.
-LEGACY_DEFAULTS = {("training", "normalize_advantages"): False}  # default true since session 8
+# Keys added after runs were saved without them: such a run ran with these values, and a
+# resumed or evaluated run keeps what it was trained with, not today's default.
+LEGACY_DEFAULTS = {("training", "normalize_advantages"): False,
+                   ("training", "lr_warmup_env_steps"): 0,
+                   ("model", "torso"): "a3c"}
 
 
 def fill_legacy_defaults(saved: dict) -> dict:

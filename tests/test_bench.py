@@ -24,7 +24,7 @@ def test_bench_smoke_writes_json(tmp_path):
     b = res["bounds"]
     assert b["ale_env_steps_per_s_per_core"] > 0 and b["network"]["env_steps_per_s_per_core"] > 0
     assert b["network"]["retraces"] == {"act": 1, "gradient": 1}  # fixed signatures: no retracing
-    assert "| 1x4, 20 |" in p.stdout and "| 2x4, 20 |" in p.stdout  # layout, t_max
+    assert "| 1x4, 5 |" in p.stdout and "| 2x4, 5 |" in p.stdout  # layout, t_max
 
 
 def test_bench_rejects_bad_layout():

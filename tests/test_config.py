@@ -10,12 +10,14 @@ def test_default_config_loads_with_the_documented_defaults():
     t = cfg.training
     assert (t.discount, t.entropy_coef, t.value_loss_coef, t.grad_clip_norm) == \
         (0.99, 0.01, 0.5, 0.5)
-    assert t.t_max == 20 and t.optimizer == "rmsprop" and cfg.model.arch == "shared"
-    assert cfg.model.conv_filters == [16, 32] and cfg.model.hidden_units == 256
-    assert cfg.model.torso == "a3c"
+    assert t.t_max == 5 and t.optimizer == "rmsprop" and cfg.model.arch == "shared"
+    assert cfg.model.conv_filters == [32, 64, 64] and cfg.model.hidden_units == 512
+    assert cfg.model.torso == "nature"
     assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
-    assert t.lr_schedule == "constant" and t.lr == 1.4e-3 and cfg.model.activation == "elu"
-    assert t.normalize_advantages and t.gae_lambda == 1.0 and cfg.model.lstm_units == 0
+    assert t.lr_schedule == "constant" and t.lr == 7e-4 and cfg.model.activation == "elu"
+    assert not t.normalize_advantages and t.gae_lambda == 1.0 and cfg.model.lstm_units == 0
+    assert t.optimizer_epsilon == 1e-10 and t.lr_warmup_env_steps == 100_000
+    assert cfg.workers.wait_for_update
 
 
 def test_every_yaml_key_is_documented_and_present():
@@ -59,7 +61,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ({"bogus.key": 1}, "unknown section 'bogus'"),
     ({"model.torso": "resnet"}, "model.torso: must be one of"),
     ({"model.torso": "universe", "model.conv_filters": [32] * 7}, "one to six"),
-    ({"model.torso": "nature"}, "the 'nature' torso has three convolutions"),
+    ({"model.conv_filters": [16, 32]}, "the 'nature' torso has three convolutions"),
+    ({"model.torso": "a3c"}, "the 'a3c' torso has two convolutions"),
     ({"model.conv_filters": [16, 0]}, "must be a list of positive integers"),
 ])
 def test_bad_values_raise_one_line(overrides, needle):
@@ -79,8 +82,8 @@ def test_help_documents_every_key():
 
 
 def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
-    """A run saved before normalize_advantages existed trained without it; --resume
-    must not switch it on just because the default changed since."""
+    """A run saved before lr_warmup_env_steps existed trained without a warm-up; --resume
+    (and evaluate) must not switch one on just because the default changed since."""
     import yaml
 
     from a3c_ray.config import load_run_config, save_config
@@ -91,10 +94,10 @@ def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
         run.mkdir()
         save_config(load_config(), run / "config.yaml")
     raw = yaml.safe_load((old / "config.yaml").read_text())
-    del raw["training"]["normalize_advantages"]  # as written by an older version
+    del raw["training"]["lr_warmup_env_steps"]  # as written by an older version
     (old / "config.yaml").write_text(yaml.safe_dump(raw))
     resume = lambda run, *a: resolve_config(build_parser().parse_args(["--resume", str(run), *a]))
-    assert resume(old).training.normalize_advantages is False
-    assert load_run_config(old).training.normalize_advantages is False  # evaluate, scores
-    assert resume(new).training.normalize_advantages is True
-    assert resume(old, "--set", "training.normalize_advantages=true").training.normalize_advantages
+    assert resume(old).training.lr_warmup_env_steps == 0
+    assert load_run_config(old).training.lr_warmup_env_steps == 0  # evaluate, scores
+    assert resume(new).training.lr_warmup_env_steps == 100_000
+    assert resume(old, "--set", "training.lr_warmup_env_steps=5").training.lr_warmup_env_steps == 5

@@ -30,9 +30,9 @@ def test_diagnose_reads_a_real_checkpoint(short_run, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(out.read_text())
-    # The default torso: conv [16, 32], dense 256; a young network is alive.
+    # The default torso: conv [32, 64, 64], dense 512; a young network is alive.
     assert {k: v["units"] for k, v in res["layers"].items()} == {
-        "conv1": 16, "conv2": 32, "fc": 256}
+        "conv1": 32, "conv2": 64, "conv3": 64, "fc": 512}
     assert res["frames"] == 80 and res["game"].lower().startswith("breakout")
     assert all(v["constant"] < 0.5 for v in res["layers"].values())
     assert 0 < res["entropy_mean"] <= res["entropy_max"] + 1e-9

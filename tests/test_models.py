@@ -11,7 +11,8 @@ def _net(obs_shape, n_actions=6, **overrides):
 
 
 def test_a3c_torso_matches_the_a3c_paper_network():
-    net = _net((4, 84, 84))
+    net = _net((4, 84, 84), **{"model.torso": "a3c", "model.conv_filters": [16, 32],
+                                "model.hidden_units": 256})
     # conv 8x8/4: 84 -> 20; conv 4x4/2: 20 -> 9; 9*9*32 = 2592 features into Dense 256.
     conv1 = (8 * 8 * 4 + 1) * 16
     conv2 = (4 * 4 * 16 + 1) * 32
@@ -32,7 +33,8 @@ def test_nature_torso_matches_the_dqn_nature_network():
 
 def test_universe_torso_keeps_a_3x3_map_at_42x42():
     net = _net((4, 42, 42), **{"model.torso": "universe", "env.screen_size": 42,
-                                "model.conv_filters": [32, 32, 32, 32]})
+                                "model.conv_filters": [32, 32, 32, 32],
+                                "model.hidden_units": 256})
     names = [layer.name for layer in net.models["shared"].layers]
     assert [n for n in names if n.startswith("conv")] == ["conv1", "conv2", "conv3", "conv4"]
     # 'same' padding, stride 2: 42 -> 21 -> 11 -> 6 -> 3, so 3*3*32 = 288 features.

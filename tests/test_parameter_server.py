@@ -7,7 +7,7 @@ from a3c_ray.parameter_server import CheckpointError, ParameterServer
 
 
 def make_ps(tmp_path, **ov):
-    cfg = load_config(None, {"env.id": "CartPole-v1", **ov})
+    cfg = load_config(None, {"env.id": "CartPole-v1", "training.lr_warmup_env_steps": 0, **ov})
     return ParameterServer(cfg, (4,), 2, str(tmp_path / "ckpt"))
 
 
@@ -84,8 +84,8 @@ def test_lr_warmup_rises_linearly_then_follows_the_schedule(tmp_path):
 def test_constant_lr_by_default(tmp_path):
     ps = make_ps(tmp_path)
     ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
-    assert ps.lr == ps.cfg.training.lr == 1.4e-3
-    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(1.4e-3, rel=1e-6)
+    assert ps.lr == ps.cfg.training.lr == 7e-4
+    assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(7e-4, rel=1e-6)
 
 
 def test_rmsprop_bias_corrected_golden():
@@ -96,7 +96,7 @@ def test_rmsprop_bias_corrected_golden():
     from a3c_ray.config import load_config
     from a3c_ray.parameter_server import make_optimizer
 
-    t = load_config(None, {"training.lr": 0.01}).training
+    t = load_config(None, {"training.lr": 0.01, "training.optimizer_epsilon": 1e-5}).training
     opt = make_optimizer(t)
     w = tf.Variable([1.0, -2.0])
     g1, g2 = np.array([3.0, 0.5]), np.array([-1.0, 0.5])

@@ -415,7 +415,19 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     else:
         from .remote import RayBackend
 
-        start_ray(cfg, run_dir.name)
+        try:
+            start_ray(cfg, run_dir.name)
+        except SystemExit as e:
+            # For its whole length ray.init sets a SIGTERM handler that calls sys.exit: a
+            # SIGTERM there is a stop request like any other. Start again (a second
+            # SIGTERM during that exits), then stop at once with a checkpoint.
+            if e.code != signal.SIGTERM:
+                raise
+            signals.reason = signals.reason or "SIGTERM"
+            import ray
+
+            ray.shutdown()
+            start_ray(cfg, run_dir.name)
         signals.install()  # ray.init replaced the SIGTERM handler
         n = num_workers(cfg)
         backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name)

@@ -101,3 +101,13 @@ def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
     assert load_run_config(old).training.lr_warmup_env_steps == 0  # evaluate, scores
     assert resume(new).training.lr_warmup_env_steps == 100_000
     assert resume(old, "--set", "training.lr_warmup_env_steps=5").training.lr_warmup_env_steps == 5
+
+
+def test_the_session11_defaults_file_restores_the_old_settings():
+    from a3c_ray.config import DEFAULT_CONFIG_PATH
+
+    cfg = load_config(DEFAULT_CONFIG_PATH.parent / "configs" / "session11-defaults.yaml")
+    t, m = cfg.training, cfg.model
+    assert (m.torso, m.conv_filters, m.hidden_units) == ("a3c", [16, 32], 256)
+    assert (t.t_max, t.lr, t.optimizer_epsilon, t.lr_warmup_env_steps) == (20, 1.4e-3, 1e-5, 0)
+    assert t.normalize_advantages and not cfg.workers.wait_for_update

@@ -34,12 +34,20 @@ def configure_tf_threads(cpus: float) -> None:
         _configured_threads = (-1, -1)
 
 
+def _leaky_relu(x):
+    # Slope 0.01 (Maas et al. 2013), not Keras' 0.2: as close to ReLU as keeps a gradient.
+    return keras.activations.leaky_relu(x, negative_slope=0.01)
+
+
+_ACTIVATIONS = {"leaky_relu": _leaky_relu}
+
+
 def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str, dense: bool = True):
     if is_image:
         # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU too): Keras'
         # Glorot default shrinks activations layer by layer.
         init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
-        act = cfg.activation
+        act = _ACTIVATIONS.get(cfg.activation, cfg.activation)
         if cfg.torso in TORSO_KERNELS:
             layers = [(f, k, s, "valid")
                       for f, (k, s) in zip(cfg.conv_filters, TORSO_KERNELS[cfg.torso])]

@@ -14,7 +14,7 @@ def test_default_config_loads_with_the_documented_defaults():
     assert cfg.model.conv_filters == [32, 64, 64] and cfg.model.hidden_units == 512
     assert cfg.model.torso == "nature"
     assert cfg.env.id == "breakout" and cfg.env.noop_max == 30 and cfg.env.frame_stack == 4
-    assert t.lr_schedule == "constant" and t.lr == 7e-4 and cfg.model.activation == "elu"
+    assert t.lr_schedule == "constant" and t.lr == 7e-4 and cfg.model.activation == "leaky_relu"
     assert not t.normalize_advantages and t.gae_lambda == 1.0 and cfg.model.lstm_units == 0
     assert t.optimizer_epsilon == 1e-10 and t.lr_warmup_env_steps == 100_000
     assert cfg.workers.wait_for_update
@@ -111,3 +111,17 @@ def test_the_session11_defaults_file_restores_the_old_settings():
     assert (m.torso, m.conv_filters, m.hidden_units) == ("a3c", [16, 32], 256)
     assert (t.t_max, t.lr, t.optimizer_epsilon, t.lr_warmup_env_steps) == (20, 1.4e-3, 1e-5, 0)
     assert t.normalize_advantages and not cfg.workers.wait_for_update
+    assert m.activation == "elu"
+
+
+def test_the_session12_defaults_file_restores_elu_and_nothing_else():
+    from dataclasses import asdict
+
+    from a3c_ray.config import DEFAULT_CONFIG_PATH
+
+    old = asdict(load_config(DEFAULT_CONFIG_PATH.parent / "configs" /
+                             "session12-defaults.yaml"))
+    now = asdict(load_config())
+    assert old["model"].pop("activation") == "elu"
+    now["model"].pop("activation")
+    assert old == now

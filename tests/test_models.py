@@ -51,3 +51,14 @@ def test_forward_gives_logits_and_values_per_observation(torso, filters):
     logits, value = net.forward(obs)
     assert logits.shape == (5, 6) and value.shape == (5,)
     assert np.all(np.isfinite(logits.numpy())) and np.all(np.isfinite(value.numpy()))
+
+
+@pytest.mark.parametrize("activation, slope", [("relu", 0.0), ("leaky_relu", 0.01),
+                                               ("elu", None)])
+def test_torso_activation_below_zero(activation, slope):
+    net = _net((4, 84, 84), **{"model.activation": activation})
+    conv1 = net.models["shared"].get_layer("conv1")
+    x = np.array([-2.0, -0.5, 0.0, 3.0], np.float32)
+    out = np.asarray(conv1.activation(x))
+    expected = np.exp(x) - 1.0 if slope is None else np.where(x > 0, x, slope * x)
+    np.testing.assert_allclose(out, np.where(x > 0, x, expected), rtol=1e-6, atol=1e-7)

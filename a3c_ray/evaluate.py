@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -51,7 +52,9 @@ def load_policy(cfg: Config, prefix: str, obs_shape: tuple, n_actions: int):
 
 
 def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int = 12345,
-             num_envs: int = 8) -> dict:
+             num_envs: int = 8, progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Play ``episodes`` and summarize them; ``progress`` (if given) is called after each
+    episode with {"done", "total", "score", "length", "env_steps", "seconds"}."""
     from .envs import EnvBatch
     from .models import compile_policy
 
@@ -65,6 +68,7 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
     scores, lengths = [], []
     obs = envs.reset()
+    start, env_steps = time.monotonic(), 0
     while (quota > 0).any():
         logits, state = policy_fn(obs, state)
         logits = logits.astype(np.float64)
@@ -73,12 +77,17 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
         else:
             actions = np.argmax(logits + rng.gumbel(size=logits.shape), 1).astype(np.int32)
         res = envs.step(envs.forced_actions(actions))
+        env_steps += n
         state[res.finished] = 0.0  # an LSTM starts each episode from zero
         for i in np.flatnonzero(res.finished):
             if quota[i] > 0:
                 quota[i] -= 1
                 scores.append(float(res.scores[i]))
                 lengths.append(int(res.lengths[i]))
+                if progress is not None:
+                    progress({"done": len(scores), "total": episodes, "score": scores[-1],
+                              "length": lengths[-1], "env_steps": env_steps,
+                              "seconds": time.monotonic() - start})
         obs = res.obs
     envs.close()
     s, ln = np.array(scores), np.array(lengths)
@@ -149,6 +158,14 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     return paths
 
 
+def _print_progress(p: dict) -> None:
+    # stderr, so that stdout stays the summary; an episode stuck at the frame cap shows
+    # up here long before the summary does.
+    rate = p["env_steps"] / max(p["seconds"], 1e-9)
+    print(f"  episode {p['done']}/{p['total']}: score {p['score']:g}, {p['length']:,} steps "
+          f"[{p['seconds']:.0f} s, {rate:,.0f} env steps/s]", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from .errors import CheckpointError
 
@@ -162,6 +179,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
     p.add_argument("--envs", type=int, default=8, help="episodes played in parallel")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quiet", action="store_true",
+                   help="no line per finished episode on stderr")
     p.add_argument("--video", metavar="DIR", help="also record episodes as animated GIFs here")
     p.add_argument("--video-episodes", type=int, default=1, help="episodes to record")
     args = p.parse_args(argv)
@@ -169,7 +188,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("a3c_ray.evaluate: --episodes must be >= 1", file=sys.stderr)
         return 2
     try:
-        res = evaluate(args.target, args.episodes, args.policy, args.seed, args.envs)
+        res = evaluate(args.target, args.episodes, args.policy, args.seed, args.envs,
+                       progress=None if args.quiet else _print_progress)
     except (CheckpointError, ConfigError) as e:
         print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)
         return 2

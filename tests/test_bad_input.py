@@ -146,7 +146,7 @@ RESUME_CASES = {
     "other_torso": (lambda r: None, ["--set", "model.torso=universe"],
                     "trained with torso='nature'"),
     "other_activation": (lambda r: None, ["--set", "model.activation=relu"],
-                         "trained with activation='elu'"),
+                         "trained with activation='leaky_relu'"),
     "other_optimizer": (lambda r: None, ["--set", "training.optimizer=adam"],
                         "trained with optimizer='rmsprop'"),
 }

@@ -34,6 +34,10 @@ def test_evaluate_reports_true_scores_and_protocol(short_run, tmp_path):
     assert res["capped"] == 0  # a few seconds of training loses Breakout long before 27k steps
     assert "no-op starts up to 30" in p.stdout and "sticky actions off" in p.stdout
     assert "frame skip 4" in p.stdout
+    # one progress line per episode on stderr, in order, with that episode's score
+    lines = [ln.strip() for ln in p.stderr.splitlines() if ln.strip().startswith("episode ")]
+    assert [ln.split(":")[0] for ln in lines] == [f"episode {k}/5" for k in range(1, 6)]
+    assert sorted(float(ln.split("score ")[1].split(",")[0]) for ln in lines) == sorted(s)
 
 
 def test_evaluate_is_repeatable_with_a_seed(short_run):

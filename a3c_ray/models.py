@@ -44,7 +44,7 @@ _ACTIVATIONS = {"leaky_relu": _leaky_relu}
 
 def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str, dense: bool = True):
     if is_image:
-        # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU too): Keras'
+        # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU and leaky ReLU): Keras'
         # Glorot default shrinks activations layer by layer.
         init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
         act = _ACTIVATIONS.get(cfg.activation, cfg.activation)

@@ -73,6 +73,7 @@ class Reporter:
             import tensorflow as tf
 
             self._tb = tf.summary.create_file_writer(str(run_dir / "tb"))
+        self._tb_means: dict = {}  # tag -> [sum, count] of segment values since the last tick
         self._ray_metrics = RayMetrics(run_dir.name, "driver") if ray_metrics else None
 
     # ---- inputs ------------------------------------------------------------
@@ -98,16 +99,18 @@ class Reporter:
                        rss_mb=stats.get("rss_mb"), ps_rss_mb=ps.get("rss_mb"),
                        pid=stats.get("pid"), node=stats.get("node"))
         if self._tb is not None:
-            import tensorflow as tf
-
-            with self._tb.as_default(step=self.env_steps):
-                for k, v in stats["losses"].items():
-                    tf.summary.scalar(f"loss/{k}", v)
-                if "lag" in ps:
-                    tf.summary.scalar("train/policy_lag", ps["lag"])
-                    tf.summary.scalar("train/lr", ps["lr"])
-                    tf.summary.scalar("train/grad_norm", ps.get("grad_norm", 0.0))
-                    tf.summary.scalar("train/ps_apply_ms", 1000 * ps.get("apply_s", 0.0))
+            # Averaged and written at each status tick: an eager summary write costs about
+            # 0.4 ms of driver CPU, and nine per segment took 7% of a core at 15 segments/s.
+            # Per-segment values stay in log.jsonl.
+            values = {f"loss/{k}": v for k, v in stats["losses"].items()}
+            if "lag" in ps:
+                values.update({"train/policy_lag": ps["lag"], "train/lr": ps["lr"],
+                               "train/grad_norm": ps.get("grad_norm", 0.0),
+                               "train/ps_apply_ms": 1000 * ps.get("apply_s", 0.0)})
+            for tag, v in values.items():
+                acc = self._tb_means.setdefault(tag, [0.0, 0])
+                acc[0] += float(v)
+                acc[1] += 1
 
     def episode(self, ep: dict, worker: int) -> None:
         self.episodes += 1
@@ -197,6 +200,7 @@ class Reporter:
                 tf.summary.scalar("perf/env_steps_per_s", st["steps_per_s"])
                 for k, v in st["time_split"].items():
                     tf.summary.scalar(f"perf/worker_time_{k}", v)
+            self._write_tb_means()
             self._tb.flush()
         mode = self.cfg.logging.console
         if mode == "json":
@@ -204,8 +208,17 @@ class Reporter:
         elif mode == "line":
             print(format_status(st, self.cfg), file=self.stream, flush=True)
 
+    def _write_tb_means(self) -> None:
+        import tensorflow as tf
+
+        with self._tb.as_default(step=self.env_steps):
+            for tag, (total, n) in self._tb_means.items():
+                tf.summary.scalar(tag, total / n)
+        self._tb_means = {}
+
     def close(self) -> None:
         if self._tb is not None:
+            self._write_tb_means()
             self._tb.flush()
             self._tb.close()
         self.log.close()

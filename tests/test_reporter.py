@@ -1,0 +1,46 @@
+"""The Reporter (no Ray): what it writes to TensorBoard and the run log."""
+import io
+
+import pytest
+import tensorflow as tf
+
+from a3c_ray.config import load_config
+from a3c_ray.metrics import Reporter, read_log
+
+
+def _segment(worker, steps, total, lag, lr):
+    return {"worker": worker, "version": 1, "env_steps": steps, "episodes": [],
+            "losses": {"total": total, "entropy": 1.5},
+            "time": {"env": 0.01, "inference": 0.01, "gradient": 0.02, "sync": 0.0, "wait": 0.0},
+            "ps": {"lag": lag, "lr": lr, "version": 2, "grad_norm": 0.5, "apply_s": 0.004}}
+
+
+def _tb_scalars(run_dir):
+    out = {}
+    for path in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, float(tf.make_ndarray(v.tensor))))
+    return out
+
+
+def test_segment_scalars_are_averaged_per_tick_and_every_segment_is_logged(tmp_path):
+    cfg = load_config(overrides={"logging.console": "quiet"})
+    rep = Reporter(cfg, tmp_path, start={}, stream=io.StringIO())
+    rep.segment(_segment(0, 80, total=1.0, lag=1, lr=1e-4))
+    rep.segment(_segment(1, 80, total=2.0, lag=3, lr=3e-4))
+    rep.tick(force=True)
+    rep.segment(_segment(0, 80, total=5.0, lag=2, lr=2e-4))
+    rep.close()  # writes what came after the last tick
+
+    tb = _tb_scalars(tmp_path)
+    # The mean of the segments since the previous write, at the env step of the write.
+    assert tb["loss/total"] == [(160, pytest.approx(1.5)), (240, pytest.approx(5.0))]
+    assert tb["train/policy_lag"] == [(160, pytest.approx(2.0)), (240, pytest.approx(2.0))]
+    assert tb["train/lr"][0] == (160, pytest.approx(2e-4))
+    assert tb["loss/entropy"][1] == (240, pytest.approx(1.5))
+    assert "perf/env_steps_per_s" in tb
+    # The run log keeps every segment.
+    segs = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "segment"]
+    assert [s["losses"]["total"] for s in segs] == [1.0, 2.0, 5.0]
+    assert [s["env_steps"] for s in segs] == [80, 160, 240]

@@ -95,6 +95,7 @@ def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: floa
         "training.total_env_steps": 0, "training.total_episodes": 0,
         "training.time_limit_minutes": (seconds + warmup) / 60.0,
         "logging.run_dir": str(run_dir), "logging.console": "quiet",
+        "logging.console_interval_seconds": 2.0,  # status records (driver CPU) in the window
         "checkpoint.interval_minutes": 0.0})
     cfg = from_dict(raw, source="bench")
     t0 = time.time()
@@ -111,6 +112,8 @@ def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: floa
     split = {k: float(sum(r["time"].get(k, 0.0) for r in segs)) for k in
              ("env", "inference", "gradient", "sync", "wait")}
     tot = sum(split.values()) or 1.0
+    cpu = [r["driver_cpu"] for r in recs if r["type"] == "status" and r["t"] >= lo
+           and r.get("driver_cpu") is not None]
     return {
         "workers": workers, "envs_per_worker": envs, "t_max": cfg.training.t_max,
         "window_s": round(window, 2),
@@ -123,6 +126,8 @@ def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: floa
         "policy_lag_p95": float(np.percentile(lags, 95)) if lags else None,
         "worker_time_split": {k: round(v / tot, 3) for k, v in split.items()},
         "ps_busy_fraction": sum(r.get("ps_apply_s") or 0.0 for r in segs) / window,
+        # cores' worth of CPU the driver process used (median over status intervals)
+        "driver_cpu_fraction": float(np.median(cpu)) if cpu else None,
         "peak_rss_mb": {"worker_max": max((r.get("rss_mb") or 0) for r in segs) if segs else None,
                         "ps": max((r.get("ps_rss_mb") or 0) for r in segs) if segs else None},
         "wall_s": round(time.time() - t0, 1),
@@ -216,8 +221,8 @@ def _pct(x) -> str:
 def format_table(result: dict) -> str:
     rows = ["| layout (workers x envs, t_max) | env steps/s | frames/s | updates/s "
             "| lag median / p95 | of ALE bound | of network bound "
-            "| worker time env/infer/grad/sync/wait | PS busy |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| worker time env/infer/grad/sync/wait | PS busy | driver CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["layouts"]:
         s = r["worker_time_split"]
         rows.append(
@@ -228,7 +233,8 @@ def format_table(result: dict) -> str:
             f"{_pct(r.get('fraction_of_ale_bound'))} | "
             f"{_pct(r.get('fraction_of_network_bound'))} | "
             f"{s['env']:.2f}/{s['inference']:.2f}/{s['gradient']:.2f}/{s['sync']:.2f}/"
-            f"{s['wait']:.2f} | {r['ps_busy_fraction']:.0%} |")
+            f"{s['wait']:.2f} | {r['ps_busy_fraction']:.0%} | "
+            f"{_pct(r.get('driver_cpu_fraction'))} |")
     return "\n".join(rows)
 
 

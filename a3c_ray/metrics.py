@@ -58,6 +58,10 @@ class Reporter:
         self._t0 = time.time()
         self._steps0 = self.env_steps
         self._last_console = self._t0
+        # The driver's own CPU (this process, all threads) per wall second over the last
+        # status interval: what the loop, logging and summaries cost beside the actors.
+        self._cpu_last = time.process_time()
+        self.driver_cpu = float("nan")
         # (t, env_steps) at the last ticks: steps/s over about the last minute
         ticks = max(2, math.ceil(60.0 / cfg.logging.console_interval_seconds) + 1)
         self._window: collections.deque = collections.deque(maxlen=ticks)
@@ -176,7 +180,7 @@ class Reporter:
                 "steps_per_s": _r(self.steps_per_s()), "policy_lag_median": _r(self.lag_median()),
                 "version": self.version, "lr": self.lr, "rejected": self.rejected,
                 "elapsed_s": round(time.time() - self._t0, 1), "eta_s": _r(self.eta_s()),
-                "time_split": self.time_split()}
+                "time_split": self.time_split(), "driver_cpu": _r(self.driver_cpu, 3)}
 
     def time_split(self) -> dict:
         total = sum(self._times.values())
@@ -187,7 +191,10 @@ class Reporter:
         now = time.time()
         if not force and now - self._last_console < self.cfg.logging.console_interval_seconds:
             return
-        self._last_console = now
+        cpu = time.process_time()
+        if now > self._last_console:
+            self.driver_cpu = (cpu - self._cpu_last) / (now - self._last_console)
+        self._cpu_last, self._last_console = cpu, now
         self._window.append((now, self.env_steps))
         st = self.status()
         self.log.write("status", **st)

@@ -21,6 +21,7 @@ def test_bench_smoke_writes_json(tmp_path):
         assert abs(sum(r["worker_time_split"].values()) - 1.0) < 0.01
         assert 0 < r["fraction_of_ale_bound"] and 0 < r["fraction_of_network_bound"]
         assert 0 <= r["ps_busy_fraction"] < 1 and r["peak_rss_mb"]["worker_max"] > 100
+        assert 0 < r["driver_cpu_fraction"] < 2  # cores' worth of the driver's own CPU
     b = res["bounds"]
     assert b["ale_env_steps_per_s_per_core"] > 0 and b["network"]["env_steps_per_s_per_core"] > 0
     assert b["network"]["retraces"] == {"act": 1, "gradient": 1}  # fixed signatures: no retracing

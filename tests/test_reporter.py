@@ -44,3 +44,23 @@ def test_segment_scalars_are_averaged_per_tick_and_every_segment_is_logged(tmp_p
     segs = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "segment"]
     assert [s["losses"]["total"] for s in segs] == [1.0, 2.0, 5.0]
     assert [s["env_steps"] for s in segs] == [80, 160, 240]
+
+
+def test_status_reports_the_drivers_own_cpu(tmp_path):
+    import time
+
+    cfg = load_config(overrides={"logging.console": "quiet"})
+    rep = Reporter(cfg, tmp_path, start={}, stream=io.StringIO())
+    time.sleep(0.4)  # idle: well under one core
+    rep.tick(force=True)
+    idle = rep.status()["driver_cpu"]
+    t_end = time.time() + 0.4
+    while time.time() < t_end:  # busy: about one core
+        pass
+    rep.tick(force=True)
+    busy = rep.status()["driver_cpu"]
+    rep.close()
+    assert 0.0 <= idle < 0.3
+    assert busy > 0.6
+    statuses = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "status"]
+    assert [s["driver_cpu"] for s in statuses] == [idle, busy]

@@ -1,5 +1,6 @@
 """The Reporter (no Ray): what it writes to TensorBoard and the run log."""
 import io
+import time
 
 import pytest
 import tensorflow as tf
@@ -47,8 +48,6 @@ def test_segment_scalars_are_averaged_per_tick_and_every_segment_is_logged(tmp_p
 
 
 def test_status_reports_the_drivers_own_cpu(tmp_path):
-    import time
-
     cfg = load_config(overrides={"logging.console": "quiet"})
     rep = Reporter(cfg, tmp_path, start={}, stream=io.StringIO())
     time.sleep(0.4)  # idle: well under one core

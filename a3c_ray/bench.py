@@ -175,7 +175,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         w = cfg.workers.num_workers
         layouts = [(cores if w == "auto" else int(w), cfg.training.envs_per_worker)]
     result: dict = {"env": args.env, "cores": cores, "config": {
-        "arch": cfg.model.arch, "t_max": cfg.training.t_max, "precision": cfg.model.precision},
+        "arch": cfg.model.arch, "t_max": cfg.training.t_max, "precision": _precision(cfg)},
         "layouts": []}
     if not args.no_bounds:
         from .models import configure_tf_threads
@@ -212,6 +212,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _precision(cfg: Config) -> str:
+    """model.precision as this machine resolves it ('auto' names what it chose)."""
+    from .models import resolve_precision
+
+    got = resolve_precision(cfg.model.precision)
+    return got if got == cfg.model.precision else f"{cfg.model.precision} ({got})"
 
 
 def _pct(x) -> str:

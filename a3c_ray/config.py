@@ -118,9 +118,12 @@ class ModelConfig:
     mlp_arch: str = _f("separate", "Like arch, for the MLP of vector-observation envs "
                        "(separate nets are cheap there and learn CartPole faster).",
                        choices=("separate", "shared"))
-    precision: str = _f("float32", "'float32' or 'mixed_bfloat16' (Keras mixed precision; "
-                        "pays on CPUs with AMX/AVX512-BF16).",
-                        choices=("float32", "mixed_bfloat16"))
+    precision: str = _f("auto", "'float32', 'mixed_bfloat16' (Keras mixed precision: "
+                        "bfloat16 compute, float32 weights and optimizer) or 'auto' "
+                        "(mixed_bfloat16 for the Atari networks where the CPU has AMX, "
+                        "float32 elsewhere and for MLPs, decided by each process for its "
+                        "own machine). bfloat16 without AMX is several times slower.",
+                        choices=("float32", "mixed_bfloat16", "auto"))
 
 
 @dataclass(frozen=True)

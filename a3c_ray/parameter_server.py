@@ -68,17 +68,26 @@ class ParameterServer:
         groups = [(self.optimizers[name], vs) for name, vs in self.net.groups]
         specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.net.variables]
         clip = self.cfg.training.grad_clip_norm
+        fused = self.cfg.training.optimizer == "rmsprop"
+        # TF's fused RMSProp kernel has no momentum-free form: it writes lr * g / sqrt(ms +
+        # eps) into a momentum slot (momentum 0 makes that the plain step). Scratch only,
+        # rewritten by every step, so it is not checkpointed.
+        scratch = [[tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in vs]
+                   for _, vs in groups] if fused else []
 
-        @tf.function(input_signature=[specs], autograph=False)
-        def apply(grads):
+        @tf.function(input_signature=[specs, tf.TensorSpec([], tf.float32)], autograph=False)
+        def apply(grads, lr):
             i = 0
-            for opt, vs in groups:
+            for k, (opt, vs) in enumerate(groups):
                 g = grads[i:i + len(vs)]
                 if clip > 0:
                     # Per network: with separate actor and critic, one global norm is the
                     # critic's (returns of ~100 on CartPole) and starves the actor.
                     g, _ = tf.clip_by_global_norm(g, clip)
-                opt.apply(g, vs)
+                if fused:
+                    _fused_rmsprop(tf, opt, vs, g, scratch[k], lr)
+                else:
+                    opt.apply(g, vs)
                 i += len(vs)
 
         return apply
@@ -130,7 +139,7 @@ class ParameterServer:
             self.lr = self._lr()
             for opt in self.optimizers.values():
                 opt.learning_rate = self.lr
-            self._apply(grads)
+            self._apply(grads, np.float32(self.lr))
             c["version"] += 1
             c["updates"] += 1
         self.last = {**c, "lr": self.lr, "lag": lag, "grad_norm": norm, "status": status,
@@ -139,7 +148,8 @@ class ParameterServer:
 
     def status(self) -> dict:
         return {**self.counters, "lr": self.lr, "last": dict(self.last),
-                "num_params": self.net.num_params(), "incarnation": self.incarnation,
+                "num_params": self.net.num_params(), "precision": self.net.precision,
+                "incarnation": self.incarnation,
                 "restored_from": self.restored_from, "pid": os.getpid()}
 
     # ---- checkpoints ---------------------------------------------------------
@@ -203,6 +213,25 @@ def make_optimizer(t):
                                 ops.cast(learning_rate, variable.dtype) * correction)
 
     return RMSPropBC(t.lr, rho=t.rmsprop_decay, epsilon=t.optimizer_epsilon)
+
+
+def _fused_rmsprop(tf, opt, variables, grads, scratch, lr) -> None:
+    """RMSPropBC's step (same math, same slots) in TF's fused kernel, one op per variable.
+
+    Keras' update_step runs ~6 elementwise ops per variable, each a pass over memory;
+    the fused kernel makes one (PS apply of the Nature network: 8.1 -> see
+    docs/throughput.md). The mean square is Keras' velocity slot and the step counter
+    Keras' iterations, so checkpoints are unchanged and either path can resume the other.
+    """
+    t = tf.cast(opt.iterations + 1, tf.float32)
+    lr_t = lr * tf.sqrt(1.0 - tf.pow(tf.constant(opt.rho, tf.float32), t))
+    for v, g, m in zip(variables, grads, scratch):
+        ms = opt._velocities[opt._get_variable_index(v)]
+        tf.raw_ops.ResourceApplyRMSProp(
+            var=v.value.handle, ms=ms.value.handle, mom=m.handle, lr=lr_t,
+            rho=tf.constant(opt.rho, tf.float32), momentum=tf.constant(0.0, tf.float32),
+            epsilon=tf.constant(opt.epsilon, tf.float32), grad=g)
+    opt.iterations.assign_add(1)
 
 
 def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:

@@ -62,3 +62,29 @@ def test_torso_activation_below_zero(activation, slope):
     out = np.asarray(conv1.activation(x))
     expected = np.exp(x) - 1.0 if slope is None else np.where(x > 0, x, slope * x)
     np.testing.assert_allclose(out, np.where(x > 0, x, expected), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("flags,amx", [("fpu avx512f amx_bf16 amx_tile", True),
+                                       ("fpu avx2 fma", False)])
+def test_auto_precision_follows_the_cpus_amx_flag(tmp_path, flags, amx):
+    from a3c_ray.models import cpu_has_amx
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n")
+    assert cpu_has_amx(str(info)) is amx
+    assert cpu_has_amx(str(tmp_path / "missing")) is False
+
+
+def test_auto_precision_builds_the_resolved_policy_with_float32_weights():
+    from a3c_ray.models import cpu_has_amx
+
+    net = _net((4, 84, 84), **{"model.precision": "auto"})
+    want = "mixed_bfloat16" if cpu_has_amx() else "float32"
+    assert net.precision == want
+    conv = net.models["shared"].get_layer("conv1")
+    assert conv.dtype_policy.name == want
+    # Weights (what the PS, the optimizer and checkpoints see) stay float32 either way.
+    assert {v.dtype for v in net.variables} == {"float32"}
+    logits, values = net.forward(np.zeros((2, 4, 84, 84), np.uint8))
+    assert logits.dtype == values.dtype == "float32"
+    assert _net((4,), 2, **{"model.precision": "auto"}).precision == "float32"  # MLP

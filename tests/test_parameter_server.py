@@ -88,28 +88,68 @@ def test_constant_lr_by_default(tmp_path):
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(7e-4, rel=1e-6)
 
 
-def test_rmsprop_bias_corrected_golden():
+@pytest.mark.parametrize("path", ["keras", "fused"])
+def test_rmsprop_bias_corrected_golden(path):
     """Two steps by hand: ms_t = 0.99 ms + 0.01 g^2 from 0,
-    w -= lr * sqrt(1 - 0.99^t) * g / sqrt(ms_t + eps)."""
+    w -= lr * sqrt(1 - 0.99^t) * g / sqrt(ms_t + eps). Both paths: Keras' update_step
+    (RMSPropBC) and the PS's fused kernel (_fused_rmsprop)."""
+    import keras
     import tensorflow as tf
 
-    from a3c_ray.config import load_config
-    from a3c_ray.parameter_server import make_optimizer
+    from a3c_ray.parameter_server import _fused_rmsprop, make_optimizer
 
     t = load_config(None, {"training.lr": 0.01, "training.optimizer_epsilon": 1e-5}).training
     opt = make_optimizer(t)
-    w = tf.Variable([1.0, -2.0])
+    w = keras.Variable(np.array([1.0, -2.0], np.float32))
+    opt.build([w])
+    scratch = [tf.Variable(tf.zeros([2]))]
+
+    def step(g):
+        if path == "keras":
+            opt.apply([tf.constant(g, tf.float32)], [w])
+        else:
+            _fused_rmsprop(tf, opt, [w], [tf.constant(g, tf.float32)], scratch,
+                           tf.constant(0.01))
+
     g1, g2 = np.array([3.0, 0.5]), np.array([-1.0, 0.5])
-    opt.apply([tf.constant(g1, tf.float32)], [w])
+    step(g1)
     ms = 0.01 * g1 ** 2
     expected = np.array([1.0, -2.0]) - 0.01 * np.sqrt(1 - 0.99) * g1 / np.sqrt(ms + 1e-5)
     np.testing.assert_allclose(w.numpy(), expected, rtol=1e-5)
     # The first step is ~lr per weight: neither Keras' ~10x lr nor TF1's ~lr * g.
     np.testing.assert_allclose(np.abs(w.numpy() - [1.0, -2.0]), [0.01, 0.01], rtol=1e-2)
-    opt.apply([tf.constant(g2, tf.float32)], [w])
+    step(g2)
     ms = 0.99 * ms + 0.01 * g2 ** 2
     expected = expected - 0.01 * np.sqrt(1 - 0.99 ** 2) * g2 / np.sqrt(ms + 1e-5)
     np.testing.assert_allclose(w.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(opt._velocities[0].numpy(), ms, rtol=1e-5)
+    assert int(opt.iterations.numpy()) == 2
+
+
+def test_fused_and_keras_rmsprop_paths_agree_in_the_ps(tmp_path):
+    """The PS's fused apply (RMSProp) moves every weight and slot as Keras' apply does."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    ps = make_ps(tmp_path, **{"training.grad_clip_norm": 0.5})
+    ref = make_ps(tmp_path / "ref", **{"training.grad_clip_norm": 0.5})
+    for v, w in zip(ref.net.variables, ps.net.variables):
+        v.assign(w.numpy())
+    for _ in range(3):
+        g = [rng.normal(size=v.shape).astype(np.float32) for v in ps.net.variables]
+        ps.apply_gradients(g, {"version": ps.counters["version"]})
+        i = 0
+        for name, vs in ref.net.groups:  # the Keras path by hand, clipped per network
+            gg, _ = tf.clip_by_global_norm([tf.constant(x) for x in g[i:i + len(vs)]], 0.5)
+            ref.optimizers[name].learning_rate = ps.lr
+            ref.optimizers[name].apply(gg, vs)
+            i += len(vs)
+    for a, b in zip(ps.net.variables, ref.net.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    for name in ps.optimizers:
+        for a, b in zip(ps.optimizers[name]._velocities, ref.optimizers[name]._velocities):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-12)
+        assert int(ps.optimizers[name].iterations.numpy()) == 3
 
 
 def test_checkpoint_roundtrip_restores_weights_optimizer_and_counters(tmp_path):

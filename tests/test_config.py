@@ -114,14 +114,17 @@ def test_the_session11_defaults_file_restores_the_old_settings():
     assert m.activation == "elu"
 
 
-def test_the_session12_defaults_file_restores_elu_and_nothing_else():
+@pytest.mark.parametrize("name,changed", [
+    ("session12-defaults.yaml", {"activation": ("elu", "leaky_relu"),
+                                 "precision": ("float32", "auto")}),
+    ("session13-defaults.yaml", {"precision": ("float32", "auto")})])
+def test_an_old_sessions_defaults_file_restores_its_model_and_nothing_else(name, changed):
     from dataclasses import asdict
 
     from a3c_ray.config import DEFAULT_CONFIG_PATH
 
-    old = asdict(load_config(DEFAULT_CONFIG_PATH.parent / "configs" /
-                             "session12-defaults.yaml"))
+    old = asdict(load_config(DEFAULT_CONFIG_PATH.parent / "configs" / name))
     now = asdict(load_config())
-    assert old["model"].pop("activation") == "elu"
-    now["model"].pop("activation")
+    for key, (was, is_now) in changed.items():
+        assert (old["model"].pop(key), now["model"].pop(key)) == (was, is_now)
     assert old == now

@@ -437,10 +437,10 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
         "version", "env_steps", "episodes", "updates")}, cpus=run_cpus(cfg), pid=os.getpid(),
         ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None,
-        ps_pid=start.get("pid"), ps_node=start.get("node"), precision=start.get("precision"))
+        ps_pid=start.get("pid"), ps_node=start.get("node"), precision=start["precision"])
     if cfg.logging.console != "quiet":
         print(f"a3c_ray: {cfg.env.id} | {n} workers x {cfg.training.envs_per_worker} envs | "
-              f"{start.get('precision', cfg.model.precision)} | "
+              f"{start['precision']} | "
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
               f"| run dir {run_dir}", file=reporter.stream, flush=True)
     trainer = Trainer(cfg, backend, reporter, n, start["incarnation"])

@@ -75,8 +75,8 @@ class ParameterServer:
         scratch = [[tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in vs]
                    for _, vs in groups] if fused else []
 
-        @tf.function(input_signature=[specs, tf.TensorSpec([], tf.float32)], autograph=False)
-        def apply(grads, lr):
+        @tf.function(input_signature=[specs], autograph=False)
+        def apply(grads):
             i = 0
             for k, (opt, vs) in enumerate(groups):
                 g = grads[i:i + len(vs)]
@@ -85,7 +85,7 @@ class ParameterServer:
                     # critic's (returns of ~100 on CartPole) and starves the actor.
                     g, _ = tf.clip_by_global_norm(g, clip)
                 if fused:
-                    _fused_rmsprop(tf, opt, vs, g, scratch[k], lr)
+                    _fused_rmsprop(tf, opt, vs, g, scratch[k])
                 else:
                     opt.apply(g, vs)
                 i += len(vs)
@@ -139,7 +139,7 @@ class ParameterServer:
             self.lr = self._lr()
             for opt in self.optimizers.values():
                 opt.learning_rate = self.lr
-            self._apply(grads, np.float32(self.lr))
+            self._apply(grads)
             c["version"] += 1
             c["updates"] += 1
         self.last = {**c, "lr": self.lr, "lag": lag, "grad_norm": norm, "status": status,
@@ -215,21 +215,24 @@ def make_optimizer(t):
     return RMSPropBC(t.lr, rho=t.rmsprop_decay, epsilon=t.optimizer_epsilon)
 
 
-def _fused_rmsprop(tf, opt, variables, grads, scratch, lr) -> None:
+def _fused_rmsprop(tf, opt, variables, grads, scratch) -> None:
     """RMSPropBC's step (same math, same slots) in TF's fused kernel, one op per variable.
 
     Keras' update_step runs ~6 elementwise ops per variable, each a pass over memory;
     the fused kernel makes one (the PS busy 24% -> 19% of a core in the Pong benchmark,
     docs/throughput.md). The mean square is Keras' velocity slot and the step counter
-    Keras' iterations, so checkpoints are unchanged and either path can resume the other.
+    Keras' iterations, and the lr Keras' learning_rate (set by the PS before each apply),
+    so checkpoints are unchanged and either path can resume the other.
     """
     t = tf.cast(opt.iterations + 1, tf.float32)
-    lr_t = lr * tf.sqrt(1.0 - tf.pow(tf.constant(opt.rho, tf.float32), t))
+    rho = tf.constant(opt.rho, tf.float32)
+    # learning_rate is a variable, read when the graph runs: the schedule reaches it.
+    lr_t = tf.cast(opt.learning_rate, tf.float32) * tf.sqrt(1.0 - tf.pow(rho, t))
     for v, g, m in zip(variables, grads, scratch):
         ms = opt._velocities[opt._get_variable_index(v)]
         tf.raw_ops.ResourceApplyRMSProp(
             var=v.value.handle, ms=ms.value.handle, mom=m.handle, lr=lr_t,
-            rho=tf.constant(opt.rho, tf.float32), momentum=tf.constant(0.0, tf.float32),
+            rho=rho, momentum=tf.constant(0.0, tf.float32),
             epsilon=tf.constant(opt.epsilon, tf.float32), grad=g)
     opt.iterations.assign_add(1)
 

@@ -108,8 +108,7 @@ def test_rmsprop_bias_corrected_golden(path):
         if path == "keras":
             opt.apply([tf.constant(g, tf.float32)], [w])
         else:
-            _fused_rmsprop(tf, opt, [w], [tf.constant(g, tf.float32)], scratch,
-                           tf.constant(0.01))
+            _fused_rmsprop(tf, opt, [w], [tf.constant(g, tf.float32)], scratch)
 
     g1, g2 = np.array([3.0, 0.5]), np.array([-1.0, 0.5])
     step(g1)
@@ -127,17 +126,20 @@ def test_rmsprop_bias_corrected_golden(path):
 
 
 def test_fused_and_keras_rmsprop_paths_agree_in_the_ps(tmp_path):
-    """The PS's fused apply (RMSProp) moves every weight and slot as Keras' apply does."""
+    """The PS's fused apply (RMSProp) moves every weight and slot as Keras' apply does,
+    with the lr following its schedule (it decays here between applies)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    ps = make_ps(tmp_path, **{"training.grad_clip_norm": 0.5})
-    ref = make_ps(tmp_path / "ref", **{"training.grad_clip_norm": 0.5})
+    ov = {"training.grad_clip_norm": 0.5, "training.lr_schedule": "linear",
+          "training.total_env_steps": 400}
+    ps = make_ps(tmp_path, **ov)
+    ref = make_ps(tmp_path / "ref", **ov)
     for v, w in zip(ref.net.variables, ps.net.variables):
         v.assign(w.numpy())
     for _ in range(3):
         g = [rng.normal(size=v.shape).astype(np.float32) for v in ps.net.variables]
-        ps.apply_gradients(g, {"version": ps.counters["version"]})
+        ps.apply_gradients(g, {"version": ps.counters["version"], "env_steps": 100})
         i = 0
         for name, vs in ref.net.groups:  # the Keras path by hand, clipped per network
             gg, _ = tf.clip_by_global_norm([tf.constant(x) for x in g[i:i + len(vs)]], 0.5)

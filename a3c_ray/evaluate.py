@@ -51,10 +51,29 @@ def load_policy(cfg: Config, prefix: str, obs_shape: tuple, n_actions: int):
     return net
 
 
+def choose_actions(logits: np.ndarray, policy: str, rng: np.random.Generator,
+                   epsilon: float = 0.0) -> np.ndarray:
+    """[N, A] logits -> [N] int32 actions: the argmax ("greedy") or a sample from the
+    softmax ("sampled", Gumbel-max), then with probability ``epsilon`` per env a uniform
+    random action instead (the DQN evaluation protocol uses 0.05; it breaks the loops a
+    deterministic policy can fall into)."""
+    logits = np.asarray(logits, np.float64)
+    if policy == "sampled":
+        logits = logits + rng.gumbel(size=logits.shape)
+    actions = np.argmax(logits, 1).astype(np.int32)
+    if epsilon > 0.0:
+        explore = rng.random(len(actions)) < epsilon
+        random_actions = rng.integers(0, logits.shape[1], len(actions), dtype=np.int32)
+        actions = np.where(explore, random_actions, actions)
+    return actions
+
+
 def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int = 12345,
-             num_envs: int = 8, progress: Optional[Callable[[dict], None]] = None) -> dict:
+             num_envs: int = 8, progress: Optional[Callable[[dict], None]] = None,
+             epsilon: float = 0.0) -> dict:
     """Play ``episodes`` and summarize them; ``progress`` (if given) is called after each
-    episode with {"done", "total", "score", "length", "env_steps", "seconds"}."""
+    episode with {"done", "total", "score", "length", "env_steps", "seconds"}; ``epsilon``
+    is the chance per step of a uniform random action instead of the policy's."""
     from .envs import EnvBatch
     from .models import compile_policy
 
@@ -71,11 +90,7 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     start, env_steps = time.monotonic(), 0
     while (quota > 0).any():
         logits, state = policy_fn(obs, state)
-        logits = logits.astype(np.float64)
-        if policy == "greedy":
-            actions = np.argmax(logits, 1).astype(np.int32)
-        else:
-            actions = np.argmax(logits + rng.gumbel(size=logits.shape), 1).astype(np.int32)
+        actions = choose_actions(logits, policy, rng, epsilon)
         res = envs.step(envs.forced_actions(actions))
         env_steps += n
         state[res.finished] = 0.0  # an LSTM starts each episode from zero
@@ -95,8 +110,10 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     # An episode that ran to the frame cap was cut short, not ended by the game: a policy
     # stuck in a loop shows up here (greedy play often does).
     cap_steps = e.max_episode_frames // e.frame_skip if cfg.is_atari else None
+    policy_text = f"{policy} policy" + (f" with epsilon {epsilon:g}" if epsilon else "")
     return {
         "checkpoint": prefix, "game": cfg.env.id, "episodes": len(s), "policy": policy,
+        "epsilon": epsilon,
         "score_mean": float(s.mean()), "score_median": float(np.median(s)),
         "score_min": float(s.min()), "score_max": float(s.max()), "score_std": float(s.std()),
         "length_mean": float(ln.mean()), "length_max": int(ln.max()), "scores": scores,
@@ -104,14 +121,15 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
         "capped": int((ln >= cap_steps).sum()) if cap_steps else 0,
         "protocol": (f"no-op starts up to {e.noop_max}, sticky actions "
                      f"{'on (p=' + str(e.repeat_action_probability) + ')' if e.repeat_action_probability else 'off'}, "
-                     f"frame skip {e.frame_skip}, {policy} policy, true (unclipped) score, "
+                     f"frame skip {e.frame_skip}, {policy_text}, true (unclipped) score, "
                      f"episodes capped at {e.max_episode_frames} frames") if cfg.is_atari else
-                    f"{policy} policy, gymnasium {cfg.env.id} defaults",
+                    f"{policy_text}, gymnasium {cfg.env.id} defaults",
     }
 
 
 def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "greedy",
-                  seed: int = 12345, max_steps: int = 27000) -> list[str]:
+                  seed: int = 12345, max_steps: int = 27000,
+                  epsilon: float = 0.0) -> list[str]:
     """Play `episodes` and save each as an animated GIF of what the agent sees.
 
     Frames are the newest frame of each observation (84x84 greyscale, after the
@@ -140,10 +158,7 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
         state = net.initial_state(1)
         for _ in range(max_steps):
             logits, state = policy_fn(obs, state)
-            logits = logits.astype(np.float64)
-            if policy == "sampled":
-                logits = logits + rng.gumbel(size=logits.shape)
-            res = env.step(env.forced_actions(np.argmax(logits, 1).astype(np.int32)))
+            res = env.step(env.forced_actions(choose_actions(logits, policy, rng, epsilon)))
             obs = res.obs
             if res.finished[0]:
                 break
@@ -176,6 +191,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
     p.add_argument("--policy", choices=("greedy", "sampled"), default="greedy",
                    help="argmax action or a sample from the policy (default greedy)")
+    p.add_argument("--epsilon", type=float, default=0.0,
+                   help="chance per step of a uniform random action instead of the policy's "
+                   "(DQN's evaluation protocol: 0.05; default 0)")
     p.add_argument("--seed", type=int, default=12345, help="env and sampling seed")
     p.add_argument("--envs", type=int, default=8, help="episodes played in parallel")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -187,13 +205,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.episodes < 1:
         print("a3c_ray.evaluate: --episodes must be >= 1", file=sys.stderr)
         return 2
+    if not 0.0 <= args.epsilon <= 1.0:
+        print(f"a3c_ray.evaluate: --epsilon must be in [0, 1], got {args.epsilon}; 0.05 is "
+              "DQN's evaluation protocol", file=sys.stderr)
+        return 2
     try:
         res = evaluate(args.target, args.episodes, args.policy, args.seed, args.envs,
-                       progress=None if args.quiet else _print_progress)
+                       progress=None if args.quiet else _print_progress,
+                       epsilon=args.epsilon)
     except (CheckpointError, ConfigError) as e:
         print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)
         return 2
-    print(f"{res['game']}: {res['episodes']} episodes, {res['policy']} policy")
+    eps = f" with epsilon {res['epsilon']:g}" if res["epsilon"] else ""
+    print(f"{res['game']}: {res['episodes']} episodes, {res['policy']} policy{eps}")
     print(f"  score  mean {res['score_mean']:.1f}  median {res['score_median']:.1f}  "
           f"min {res['score_min']:.1f}  max {res['score_max']:.1f}  std {res['score_std']:.1f}")
     capped = f"  ({res['capped']} cut at the frame cap)" if res["capped"] else ""
@@ -204,7 +228,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.video:
         try:
             for path in record_videos(args.target, args.video, args.video_episodes,
-                                      args.policy, args.seed):
+                                      args.policy, args.seed, epsilon=args.epsilon):
                 print(f"  video: {path}")
         except ConfigError as e:
             print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from a3c_ray.evaluate import evaluate
+from a3c_ray.evaluate import choose_actions, evaluate
 from a3c_ray.plot import moving_average
 from conftest import ROOT
 
@@ -44,6 +44,35 @@ def test_evaluate_is_repeatable_with_a_seed(short_run):
     a = evaluate(str(short_run), episodes=3, policy="sampled", seed=3, num_envs=3)
     b = evaluate(str(short_run), episodes=3, policy="sampled", seed=3, num_envs=3)
     assert a["scores"] == b["scores"]
+
+
+def test_choose_actions_golden():
+    logits = np.array([[0.0, 5.0, 1.0], [3.0, -1.0, 2.0]], np.float32)
+    rng = np.random.default_rng(0)
+    assert choose_actions(logits, "greedy", rng).tolist() == [1, 0]
+    assert choose_actions(logits, "greedy", rng, epsilon=0.0).dtype == np.int32
+    # sampled: a sample from the softmax; logits 0 / ln 3 give probabilities 1/4, 3/4
+    two = np.tile(np.log([[1.0, 3.0]]), (40000, 1))
+    assert abs(choose_actions(two, "sampled", rng).mean() - 0.75) < 0.01
+    # epsilon: that share of the actions is uniform, the rest is the greedy choice, so
+    # with 4 actions and epsilon 0.2 the greedy action is taken 0.8 + 0.2 / 4 = 85% of steps
+    four = np.tile([[0.0, 0.0, 9.0, 0.0]], (40000, 1))
+    a = choose_actions(four, "greedy", rng, epsilon=0.2)
+    assert abs((a == 2).mean() - 0.85) < 0.01
+    assert abs((a == 0).mean() - 0.05) < 0.01 and set(np.unique(a)) == {0, 1, 2, 3}
+    assert set(np.unique(choose_actions(four, "greedy", rng, epsilon=1.0))) == {0, 1, 2, 3}
+
+
+def test_evaluate_epsilon_is_stated_and_checked(short_run, tmp_path):
+    out = tmp_path / "eval.json"
+    p = cli("evaluate", str(short_run), "--episodes", "2", "--epsilon", "0.05",
+            "--json", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(out.read_text())["epsilon"] == 0.05
+    assert "greedy policy with epsilon 0.05" in p.stdout
+    p = cli("evaluate", str(short_run), "--epsilon", "1.5")
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("a3c_ray")]
+    assert p.returncode == 2 and len(lines) == 1 and "--epsilon must be in [0, 1]" in lines[0]
 
 
 def test_evaluate_video_writes_gif(short_run, tmp_path):

@@ -68,6 +68,11 @@ def choose_actions(logits: np.ndarray, policy: str, rng: np.random.Generator,
     return actions
 
 
+def describe_policy(policy: str, epsilon: float) -> str:
+    """"greedy policy", "sampled policy with epsilon 0.05", ...: as the output states it."""
+    return f"{policy} policy" + (f" with epsilon {epsilon:g}" if epsilon else "")
+
+
 def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int = 12345,
              num_envs: int = 8, progress: Optional[Callable[[dict], None]] = None,
              epsilon: float = 0.0) -> dict:
@@ -110,7 +115,7 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     # An episode that ran to the frame cap was cut short, not ended by the game: a policy
     # stuck in a loop shows up here (greedy play often does).
     cap_steps = e.max_episode_frames // e.frame_skip if cfg.is_atari else None
-    policy_text = f"{policy} policy" + (f" with epsilon {epsilon:g}" if epsilon else "")
+    policy_text = describe_policy(policy, epsilon)
     return {
         "checkpoint": prefix, "game": cfg.env.id, "episodes": len(s), "policy": policy,
         "epsilon": epsilon,
@@ -216,8 +221,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (CheckpointError, ConfigError) as e:
         print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)
         return 2
-    eps = f" with epsilon {res['epsilon']:g}" if res["epsilon"] else ""
-    print(f"{res['game']}: {res['episodes']} episodes, {res['policy']} policy{eps}")
+    print(f"{res['game']}: {res['episodes']} episodes, "
+          f"{describe_policy(res['policy'], res['epsilon'])}")
     print(f"  score  mean {res['score_mean']:.1f}  median {res['score_median']:.1f}  "
           f"min {res['score_min']:.1f}  max {res['score_max']:.1f}  std {res['score_std']:.1f}")
     capped = f"  ({res['capped']} cut at the frame cap)" if res["capped"] else ""

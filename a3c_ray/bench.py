@@ -71,7 +71,7 @@ def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
         act()
         w._gradient(*seg)
     infer = _median_rate(act, seconds / 3, 1)
-    grad = _median_rate(lambda: [g.numpy() for g in w._gradient(*seg)[0]], 2 * seconds / 3, 1)
+    grad = _median_rate(lambda: w._gradient(*seg)[0].numpy(), 2 * seconds / 3, 1)
     w.close()
     seg_s = T / infer + 1.0 / grad
     return {"inference_ms_per_call": 1000 / infer, "gradient_ms_per_segment": 1000 / grad,
@@ -108,7 +108,8 @@ def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: floa
     hi = max(r["t"] for r in segs) if segs else stop
     window = max(hi - lo, 1e-9)
     steps = len(segs) * cfg.training.t_max * envs
-    lags = [r["lag"] for r in segs if r.get("lag") is not None]
+    ups = [r for r in recs if r["type"] == "update" and r["t"] >= lo]
+    lags = [lag for r in ups for lag in (r.get("lags") or [])]
     split = {k: float(sum(r["time"].get(k, 0.0) for r in segs)) for k in
              ("env", "inference", "gradient", "sync", "wait")}
     tot = sum(split.values()) or 1.0
@@ -119,17 +120,19 @@ def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: floa
         "window_s": round(window, 2),
         "env_steps_per_s": steps / window,
         "frames_per_s": steps / window * cfg.frames_per_step,
-        # versions advanced over the window = updates applied
-        "updates_per_s": ((max(r["version"] for r in segs) - min(r["version"] for r in segs))
-                          / window if segs else 0.0),
+        # optimizer steps (versions) and worker gradients applied per second
+        "updates_per_s": len(ups) / window,
+        "gradients_per_s": sum(r.get("gradients") or 0 for r in ups) / window,
         "policy_lag_median": float(np.median(lags)) if lags else None,
         "policy_lag_p95": float(np.percentile(lags, 95)) if lags else None,
         "worker_time_split": {k: round(v / tot, 3) for k, v in split.items()},
-        "ps_busy_fraction": sum(r.get("ps_apply_s") or 0.0 for r in segs) / window,
+        "ps_busy_fraction": sum(r.get("step_s") or 0.0 for r in ups) / window,
         # cores' worth of CPU the driver process used (median over status intervals)
         "driver_cpu_fraction": float(np.median(cpu)) if cpu else None,
         "peak_rss_mb": {"worker_max": max((r.get("rss_mb") or 0) for r in segs) if segs else None,
-                        "ps": max((r.get("ps_rss_mb") or 0) for r in segs) if segs else None},
+                        "ps": max((r.get("rss_mb") or 0) for r in ups) if ups else None},
+        "object_store_mb_max": max((r.get("object_store_mb") or 0) for r in recs
+                                   if r["type"] == "status") if recs else None,
         "wall_s": round(time.time() - t0, 1),
     }
 

@@ -179,7 +179,18 @@ class TrainingConfig:
                                   "(docs/experiments.md, session 11).",
                                   min=0.0)
     max_policy_lag: int = _f(0, "Gradients computed from weights more than this many "
-                             "versions old are dropped and counted (0 = no bound).", min=0)
+                             "versions old are dropped and counted (0 = no bound). A "
+                             "node's sum is judged by its oldest gradient.", min=0)
+    samples_per_update: int = _f(80, "An optimizer step waits until the gradients waiting "
+                                 "for the PS hold at least this many samples (or until no "
+                                 "worker is still playing), then applies the sample-weighted "
+                                 "mean of all that wait, with the learning rate of one step. "
+                                 "80 is the batch lr was tuned for (t_max 5 x 16 envs): 16 "
+                                 "workers of 2 envs then make the same 80-sample steps as 2 "
+                                 "workers of 16. With more gradients waiting than that (many "
+                                 "workers) a step takes them all, so versions, and policy lag, "
+                                 "do not grow with the number of workers; each step is then a "
+                                 "larger batch. 1: step on whatever waits.", min=1)
     total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "
                               "(one step = frame_skip frames); 0 = no limit.", min=0)
     total_episodes: int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)
@@ -208,6 +219,14 @@ class WorkersConfig:
                                "gain.")
     max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
+    gradient_dtype: str = _f("float32", "Dtype of gradients on the wire (worker -> node "
+                             "aggregator -> PS); sums are always accumulated in float32. "
+                             "'bfloat16' halves the bytes per gradient.",
+                             choices=("float32", "bfloat16"))
+    aggregate_per_node: bool = _f(True, "true: one aggregator actor per node sums its "
+                                  "workers' gradients and runs their segments, so the driver "
+                                  "and the PS see nodes, not workers; false: one aggregator "
+                                  "for the whole cluster (on the driver's node).")
 
 
 @dataclass(frozen=True)
@@ -505,6 +524,7 @@ def validate(cfg: Config) -> None:
 # Keys added after runs were saved without them: such a run ran with these values, and a
 # resumed or evaluated run keeps what it was trained with, not today's default.
 LEGACY_DEFAULTS = {("training", "normalize_advantages"): False,
+                   ("training", "samples_per_update"): 1,
                    ("training", "lr_warmup_env_steps"): 0,
                    ("model", "torso"): "a3c"}
 

@@ -4,9 +4,10 @@ Resolves and validates the config (before Ray starts), prepares the run
 directory, starts or joins Ray, creates the parameter server and the rollout
 workers, and runs the asynchronous loop of DESIGN.md:
 
-    ready = wait(any worker's segment)            # small stats only
-    weights = ps.apply_gradients(its gradient)    # a reference, never the arrays
-    that worker.compute_gradients(weights)        # it syncs and plays on
+    batches = wait(node aggregators' batches)      # small stats, gradient sums by ref
+    if no step in flight and the queue makes one:
+        weights = ps.apply(every queued sum)       # one optimizer step, a reference
+        queued workers play on with weights        # one weights object per version
 
 with periodic checkpoints, progress output, and a final checkpoint on stop,
 Ctrl-C or SIGTERM.
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from .aggregator import step_ready
 from .config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
                      from_dict, load_yaml, parse_override, resolve_game, save_config,
                      DEFAULT_CONFIG_PATH)
@@ -242,7 +244,15 @@ def num_workers(cfg: Config) -> int:
 # ---- the loop ------------------------------------------------------------------
 
 class Trainer:
-    """The asynchronous A3C loop over a backend (Ray or serial)."""
+    """The asynchronous A3C loop over a backend (Ray or serial).
+
+    Batches (one per node aggregator) wait in a queue; when no step is in flight and
+    the queue makes a step (``aggregator.step_ready``), the PS applies all of it at
+    once and the queued workers play on with the weights that step produces
+    (``workers.wait_for_update``) or, without waiting, with the newest weights
+    already made. So at most one step is in flight and a gradient is applied at most
+    one version after the one it was computed from, whatever the number of workers.
+    """
 
     def __init__(self, cfg: Config, backend, reporter, n_workers: int, ps_incarnation: str):
         self.cfg, self.backend, self.reporter = cfg, backend, reporter
@@ -250,6 +260,7 @@ class Trainer:
         self.ps_incarnation = ps_incarnation
         self.stop_reason: Optional[str] = None
         self._failures = [0] * n_workers
+        self.queue: list[dict] = []  # batches waiting for the PS
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -269,49 +280,75 @@ class Trainer:
 
     def run(self) -> str:
         b, r = self.backend, self.reporter
-        weights = b.initial_weights()
-        # Weights refs of applies not yet seen finished, oldest first. Applies finish in
-        # order, so adopting the newest finished one drops all before it: stays short.
-        self.pending: list = []
-        for i in range(self.n_workers):
-            b.submit(i, weights)
+        b.start()
         t_start = last_ckpt = time.time()
         interval = self.cfg.checkpoint.interval_minutes * 60
         while True:
             reason = self._should_stop(t_start)
             if reason:
                 break
-            for i, grads, stats, err in b.wait(timeout=0.5):
-                if err is not None:
-                    weights = self._worker_failed(i, err, weights)
-                    continue
-                self._failures[i] = 0
-                meta = {"version": stats["version"], "env_steps": stats["env_steps"],
-                        "episodes": len(stats["episodes"]), "worker": i}
-                newest = b.apply(grads, meta)
-                if self.cfg.workers.wait_for_update:
-                    weights = newest
+            batches, applied = b.poll(timeout=0.5)
+            for rec in applied:
+                if "error" in rec:
+                    self._ps_failed(rec["error"])
                 else:
-                    # Play on at once with the newest weights the PS has already
-                    # produced instead of idling for this gradient's round trip
-                    # (about one version of extra policy lag).
-                    self.pending.append(newest)
-                    weights, self.pending = b.newest_ready(weights, self.pending)
-                b.submit(i, weights)
-                r.segment(stats)
-            r.tick()
+                    r.update(rec)
+            for batch in batches:
+                self._take(batch)
+            self._maybe_step()
+            if r.due():
+                r.tick(extra=b.health())
             if interval and time.time() - last_ckpt >= interval:
                 self.checkpoint()
                 last_ckpt = time.time()
+        self._drain()
         return reason
 
-    def _worker_failed(self, i: int, err: str, weights: Any) -> Any:
-        """Drop the failed segment and resubmit (Ray restarts a dead actor).
+    def _drain(self, timeout_s: float = 60.0) -> None:
+        """Apply what is queued and wait for the step in flight: every segment the log
+        counts reaches the PS (and the final checkpoint) unless the PS fails."""
+        t_end = time.time() + timeout_s
+        while (self.queue or self.backend.stepping()) and time.time() < t_end:
+            if self.queue and not self.backend.stepping():
+                self.backend.apply(self.queue)
+                self.queue = []
+            _, applied = self.backend.poll(timeout=0.5)  # later batches are not counted
+            for rec in applied:
+                if "error" not in rec:
+                    self.reporter.update(rec)
 
-        A segment also fails when the PS died under the weights it was waiting
-        for: then fresh weights are fetched from the restarted PS, which came
-        back from its latest checkpoint, and the counters follow it.
-        """
+    def _take(self, batch: dict) -> None:
+        for i, err in batch["failures"]:
+            self._worker_failed(i, err)
+        if not batch["workers"]:
+            return
+        for i in batch["workers"]:
+            self._failures[i] = 0
+        for stats in batch["stats"]:
+            self.reporter.segment(stats)
+        self.queue.append(batch)
+        if not self.cfg.workers.wait_for_update:
+            # Play on at once with the newest weights the PS has already produced
+            # instead of idling for this gradient's step (one more version of lag).
+            self.backend.release(batch["workers"], after_apply=False)
+
+    def _maybe_step(self) -> None:
+        if not self.queue or self.backend.stepping():
+            return
+        waiting = [i for bt in self.queue for i in bt["workers"]]
+        samples = sum(m["samples"] for bt in self.queue for _, m in bt["parts"])
+        playing = self.n_workers - len(waiting) if self.cfg.workers.wait_for_update \
+            else self.n_workers
+        if not step_ready(samples, len(waiting), playing,
+                          self.cfg.training.samples_per_update):
+            return
+        self.backend.apply(self.queue)
+        if self.cfg.workers.wait_for_update:
+            self.backend.release(waiting, after_apply=True)
+        self.queue = []
+
+    def _worker_failed(self, i: int, err: str) -> None:
+        """Drop the failed segment and start another (Ray restarts a dead actor)."""
         self._failures[i] += 1
         self.reporter.event("worker_failed", worker=i, error=err, count=self._failures[i])
         print(f"a3c_ray: worker {i} segment failed ({err}); dropped, retrying",
@@ -319,19 +356,31 @@ class Trainer:
         if self._failures[i] > 20:
             raise RuntimeError(f"worker {i} failed 20 times in a row; last error: {err}")
         time.sleep(min(0.1 * self._failures[i], 2.0))
+        self._check_ps()
+        self.backend.release([i], after_apply=False)
+
+    def _ps_failed(self, err: str) -> None:
+        """A step failed (the PS died under it): its gradients are dropped, never retried."""
+        self.reporter.event("step_failed", error=err)
+        self._check_ps()
+
+    def _check_ps(self) -> None:
+        """If the PS came back as a new incarnation, follow its restored counters.
+
+        Workers released from now on get the new incarnation's weights; gradients still
+        in flight from the old one are rejected by the PS (their key names the old one).
+        """
         st = self.backend.status()  # waits for a restarting PS
-        if st["incarnation"] != self.ps_incarnation:
-            self.ps_incarnation = st["incarnation"]
-            self.reporter.resync(st)
-            self.reporter.event("ps_restarted", restored_from=st["restored_from"],
-                                counters={k: st[k] for k in ("version", "env_steps",
-                                                             "episodes", "updates")})
-            print(f"a3c_ray: parameter server restarted from {st['restored_from']}",
-                  file=sys.stderr, flush=True)
-            self.pending.clear()
-            weights = self.backend.initial_weights()
-        self.backend.submit(i, weights)
-        return weights
+        if st["incarnation"] == self.ps_incarnation:
+            return
+        self.ps_incarnation = st["incarnation"]
+        self.backend.ps_restarted()
+        self.reporter.resync(st)
+        self.reporter.event("ps_restarted", restored_from=st["restored_from"],
+                            counters={k: st[k] for k in ("version", "env_steps",
+                                                         "episodes", "updates")})
+        print(f"a3c_ray: parameter server restarted from {st['restored_from']}",
+              file=sys.stderr, flush=True)
 
     def checkpoint(self) -> Optional[str]:
         try:
@@ -454,7 +503,8 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
         summary = {**reporter.status(), "run_dir": str(run_dir), "stop_reason": reason,
                    "checkpoint": str(path),
                    **{k: final[k] for k in ("version", "env_steps", "episodes", "updates",
-                                            "rejected_nonfinite", "rejected_stale")}}
+                                            "gradients", "rejected_nonfinite",
+                                            "rejected_stale", "published")}}
         reporter.event("stop", **{k: v for k, v in summary.items() if k != "time_split"})
         if cfg.logging.console != "quiet":
             print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)

@@ -84,12 +84,6 @@ class Reporter:
     def segment(self, stats: dict) -> None:
         """One worker segment finished (its gradient is on its way to the PS)."""
         self.env_steps += stats["env_steps"]
-        ps = stats.get("ps") or {}
-        if "lag" in ps:
-            self._lags.append(ps["lag"])
-            self.lr = ps.get("lr", self.lr)
-            self.version = max(self.version, ps.get("version", 0))
-            self.rejected = ps.get("rejected_nonfinite", 0) + ps.get("rejected_stale", 0)
         for k in TIME_SECTIONS:
             self._times[k] += stats["time"].get(k, 0.0)
         self.last_losses = stats["losses"]
@@ -97,24 +91,43 @@ class Reporter:
             self.episode(ep, stats["worker"])
         self.log.write("segment", worker=stats["worker"], version=stats["version"],
                        env_steps=self.env_steps, losses=stats["losses"],
+                       grad_norm=round(stats.get("grad_norm", 0.0), 5),
                        time={k: round(v, 5) for k, v in stats["time"].items()},
-                       lag=ps.get("lag"), lr=ps.get("lr"), grad_norm=ps.get("grad_norm"),
-                       ps_status=ps.get("status"), ps_apply_s=ps.get("apply_s"),
-                       rss_mb=stats.get("rss_mb"), ps_rss_mb=ps.get("rss_mb"),
-                       pid=stats.get("pid"), node=stats.get("node"))
+                       rss_mb=stats.get("rss_mb"), pid=stats.get("pid"),
+                       node=stats.get("node"))
         if self._tb is not None:
             # Averaged and written at each status tick: nine eager summary writes per
-            # segment were half the driver's CPU (0.12 -> 0.06 cores on Pong, session 14).
-            # Per-segment values stay in log.jsonl.
+            # segment were half the driver's CPU. Per-segment values stay in log.jsonl.
             values = {f"loss/{k}": v for k, v in stats["losses"].items()}
-            if "lag" in ps:
-                values.update({"train/policy_lag": ps["lag"], "train/lr": ps["lr"],
-                               "train/grad_norm": ps.get("grad_norm", 0.0),
-                               "train/ps_apply_ms": 1000 * ps.get("apply_s", 0.0)})
-            for tag, v in values.items():
-                acc = self._tb_means.setdefault(tag, [0.0, 0])
-                acc[0] += float(v)
-                acc[1] += 1
+            values["train/grad_norm"] = stats.get("grad_norm", 0.0)
+            self._add_means(values)
+
+    def update(self, rec: dict) -> None:
+        """One PS step finished: k sums of worker gradients, their lags, its timing."""
+        self._lags.extend(rec.get("lags") or [])
+        self.lr = rec.get("lr", self.lr)
+        self.version = max(self.version, rec.get("version", 0))
+        self.rejected = rec.get("rejected_nonfinite", 0) + rec.get("rejected_stale", 0)
+        self.log.write("update", version=rec.get("version"), k=rec.get("k"),
+                       gradients=rec.get("k_applied"), lags=rec.get("lags"),
+                       status=rec.get("status"), lr=rec.get("lr"),
+                       grad_norm=_r(rec.get("grad_norm"), 5),
+                       apply_s=_r(rec.get("apply_s"), 5), fetch_s=_r(rec.get("fetch_s"), 5),
+                       publish_s=_r(rec.get("publish_s"), 5), step_s=_r(rec.get("step_s"), 5),
+                       rss_mb=rec.get("rss_mb"))
+        if self._tb is not None:
+            values = {"train/lr": rec.get("lr", 0.0),
+                      "train/gradients_per_step": rec.get("k_applied", 0),
+                      "train/ps_step_ms": 1000 * (rec.get("step_s") or rec.get("apply_s") or 0)}
+            if rec.get("lags"):
+                values["train/policy_lag"] = sum(rec["lags"]) / len(rec["lags"])
+            self._add_means(values)
+
+    def _add_means(self, values: dict) -> None:
+        for tag, v in values.items():
+            acc = self._tb_means.setdefault(tag, [0.0, 0])
+            acc[0] += float(v)
+            acc[1] += 1
 
     def episode(self, ep: dict, worker: int) -> None:
         self.episodes += 1
@@ -187,7 +200,11 @@ class Reporter:
         return {k: round(v / total, 3) if total else 0.0 for k, v in self._times.items()}
 
     # ---- periodic output -----------------------------------------------------
-    def tick(self, force: bool = False) -> None:
+    def due(self) -> bool:
+        """Whether a status interval has passed (tick would report)."""
+        return time.time() - self._last_console >= self.cfg.logging.console_interval_seconds
+
+    def tick(self, force: bool = False, extra: Optional[dict] = None) -> None:
         now = time.time()
         if not force and now - self._last_console < self.cfg.logging.console_interval_seconds:
             return
@@ -196,7 +213,7 @@ class Reporter:
             self.driver_cpu = (cpu - self._cpu_last) / (now - self._last_console)
         self._cpu_last, self._last_console = cpu, now
         self._window.append((now, self.env_steps))
-        st = self.status()
+        st = {**self.status(), **(extra or {})}
         self.log.write("status", **st)
         if self._ray_metrics is not None:
             self._ray_metrics.driver_status(st["steps_per_s"] or 0.0)
@@ -294,12 +311,14 @@ class RayMetrics:
                                  tag_keys=keys)
         self.steps_per_s = m.Gauge("a3c_env_steps_per_second", "Env steps per second",
                                    tag_keys=keys)
-        self.updates = m.Counter("a3c_updates", "Gradients applied by the PS", tag_keys=keys)
+        self.updates = m.Counter("a3c_updates", "Optimizer steps of the PS", tag_keys=keys)
+        self.gradients = m.Counter("a3c_gradients", "Worker gradients applied by the PS",
+                                   tag_keys=keys)
         self.rejected = m.Counter("a3c_gradients_rejected", "Gradients rejected by the PS",
                                   tag_keys=(*keys, "reason"))
         self.lag = m.Histogram("a3c_policy_lag", "PS version minus the gradient's version",
                                boundaries=LAG_BOUNDARIES, tag_keys=keys)
-        self.apply_s = m.Histogram("a3c_ps_apply_seconds", "PS time to apply one gradient",
+        self.apply_s = m.Histogram("a3c_ps_apply_seconds", "PS time per optimizer step",
                                    boundaries=APPLY_BOUNDARIES, tag_keys=keys)
         self.lr = m.Gauge("a3c_learning_rate", "Current learning rate", tag_keys=keys)
         self.version = m.Gauge("a3c_weights_version", "Weights version of the PS", tag_keys=keys)
@@ -319,10 +338,12 @@ class RayMetrics:
         t = self.tags
         if last["status"] == "applied":
             self.updates.inc(1, t)
-        else:
-            self.rejected.inc(1, {**t, "reason": last["status"].replace("rejected_", "")})
-        self.lag.observe(max(last["lag"], 0), t)
-        self.apply_s.observe(last["apply_s"], t)
+            self.gradients.inc(last["k_applied"], t)
+        for reason, n in last["rejected"].items():
+            self.rejected.inc(n, {**t, "reason": reason.replace("rejected_", "")})
+        for lag in last["lags"]:
+            self.lag.observe(max(lag, 0), t)
+        self.apply_s.observe(last.get("step_s", last["apply_s"]), t)
         self.lr.set(last["lr"], t)
         self.version.set(last["version"], t)
         self.rss.set(last["rss_mb"] * 2**20, t)

@@ -244,6 +244,16 @@ class ActorCritic:
         for v, w in zip(self.variables, weights):
             v.assign(w)
 
+    def set_flat_weights(self, flat: np.ndarray) -> None:
+        """Load all variables from one flat float32 vector (the PS's published form)."""
+        if flat.shape != (self.num_params(),):
+            raise ValueError(f"expected {self.num_params()} weights, got {flat.shape}")
+        i = 0
+        for v in self.variables:
+            n = int(np.prod(v.shape))
+            v.assign(flat[i:i + n].reshape(v.shape))
+            i += n
+
     def obs_spec(self, dtype) -> tf.TensorSpec:
         return tf.TensorSpec([None, *self.obs_shape], tf.as_dtype(dtype))
 

@@ -1,13 +1,20 @@
 """The parameter server: global networks, their optimizers, versions, checkpoints.
 
-A plain class (the Ray actor in ``remote.py`` wraps it). ``apply_gradients``
-rejects non-finite gradients (and, if bounded, too-stale ones), clips by global
-norm, applies RMSProp (or Adam) with the scheduled learning rate, bumps the version and
-returns fresh weights. Checkpoints use ``tf.train.Checkpoint`` (no pickle):
-weights, optimizer slots, counters, and the identity of the game and network so
-a mismatched resume fails clearly. TF's CheckpointManager writes the data files
-first and then atomically replaces the ``checkpoint`` index, so a kill mid-write
-never corrupts "latest".
+A plain class (the Ray actor in ``ray_actors.py`` wraps it). One optimizer step
+(``apply``) takes the k gradient sums that are waiting: each is a flat float32 (or
+bfloat16) vector holding the sum over its samples of already-clipped per-segment
+gradients (see ``worker.py``), with its sample count. The step's gradient is their
+sample-weighted mean, ``sum(g_i) / sum(n_i)``: k segments of 80 samples in one step
+move the weights as one 240-sample segment would, with the learning rate of one step.
+Sums from another PS incarnation (or, if bounded, too stale) and non-finite ones are
+dropped and counted; the version advances once per step. Weights are published as one
+flat float32 vector per version (``weights()``), cached, so every worker and node shares
+one object per version.
+
+Checkpoints use ``tf.train.Checkpoint`` (no pickle): weights, optimizer slots,
+counters, and the identity of the game and network so a mismatched resume fails
+clearly. TF's CheckpointManager writes the data files first and then atomically
+replaces the ``checkpoint`` index, so a kill mid-write never corrupts "latest".
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,8 +35,9 @@ from .errors import CheckpointError  # noqa: F401  (re-exported for callers)
 from .models import ActorCritic, configure_tf_threads
 from .worker import peak_rss_mb
 
-COUNTERS = ("version", "env_steps", "episodes", "updates", "rejected_nonfinite",
-            "rejected_stale")
+#: version: optimizer steps taken (weights versions); gradients: worker segments applied.
+COUNTERS = ("version", "env_steps", "episodes", "updates", "gradients",
+            "rejected_nonfinite", "rejected_stale")
 
 
 class ParameterServer:
@@ -39,6 +49,7 @@ class ParameterServer:
         self.cfg = cfg
         tf.keras.utils.set_random_seed(cfg.seed)
         self.net = ActorCritic(obs_shape, n_actions, cfg.model)
+        self.num_params = self.net.num_params()
         t = cfg.training
         self.optimizers = {name: make_optimizer(t) for name, _ in self.net.groups}
         for name, vs in self.net.groups:
@@ -55,10 +66,17 @@ class ParameterServer:
                                                     max_to_keep=cfg.checkpoint.keep)
                          if checkpoint_dir else None)
         self._apply = self._compile_apply(tf)
+        self._flatten = tf.function(
+            lambda: tf.concat([tf.reshape(v, [-1]) for v in self.net.variables], 0),
+            input_signature=[], autograph=False)
         self._weights_cache: Optional[dict] = None
+        self._acc = np.zeros(self.num_params, np.float32)  # the step's sum, reused
+        # A step and a checkpoint never interleave: a checkpoint is one version.
+        self.lock = threading.Lock()
         self.last: dict[str, Any] = {}
-        # Changes when the PS process is re-created (Ray restart): the driver notices.
-        self.incarnation = f"{time.time():.6f}"
+        # Changes when the PS process is re-created (Ray restart): versions are keyed by
+        # (incarnation, version), never by a number that a restore rewinds.
+        self.incarnation = uuid.uuid4().hex[:12]
         self.restored_from: Optional[str] = None
 
     def identity(self) -> str:
@@ -66,8 +84,8 @@ class ParameterServer:
 
     def _compile_apply(self, tf):
         groups = [(self.optimizers[name], vs) for name, vs in self.net.groups]
-        specs = [tf.TensorSpec(v.shape, v.dtype) for v in self.net.variables]
-        clip = self.cfg.training.grad_clip_norm
+        variables = [v for _, vs in groups for v in vs]
+        sizes = [int(np.prod(v.shape)) for v in variables]
         fused = self.cfg.training.optimizer == "rmsprop"
         # TF's fused RMSProp kernel has no momentum-free form: it writes lr * g / sqrt(ms +
         # eps) into a momentum slot (momentum 0 makes that the plain step). Scratch only,
@@ -75,15 +93,14 @@ class ParameterServer:
         scratch = [[tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in vs]
                    for _, vs in groups] if fused else []
 
-        @tf.function(input_signature=[specs], autograph=False)
-        def apply(grads):
+        @tf.function(input_signature=[tf.TensorSpec([sum(sizes)], tf.float32)],
+                     autograph=False)
+        def apply(flat):
+            parts = tf.split(flat, sizes)
+            grads = [tf.reshape(p, v.shape) for p, v in zip(parts, variables)]
             i = 0
             for k, (opt, vs) in enumerate(groups):
                 g = grads[i:i + len(vs)]
-                if clip > 0:
-                    # Per network: with separate actor and critic, one global norm is the
-                    # critic's (returns of ~100 on CartPole) and starves the actor.
-                    g, _ = tf.clip_by_global_norm(g, clip)
                 if fused:
                     _fused_rmsprop(tf, opt, vs, g, scratch[k])
                 else:
@@ -105,50 +122,111 @@ class ParameterServer:
         return warm * t.lr
 
     # ---- the PS API ----------------------------------------------------------
-    def get_weights(self) -> dict:
-        """{'version', 'weights': list of arrays, 'ps': small stats}."""
-        if self._weights_cache is None or self._weights_cache["version"] != self.counters["version"]:
-            self._weights_cache = {"version": self.counters["version"],
-                                   "weights": self.net.get_weights()}
-        return {**self._weights_cache, "ps": dict(self.last)}
+    def key(self) -> tuple[str, int]:
+        """What names the current weights: (incarnation, version)."""
+        return self.incarnation, self.counters["version"]
 
-    def apply_gradients(self, grads: list[np.ndarray], meta: dict) -> dict:
-        """Apply one worker's gradient; returns the fresh weights (see get_weights).
+    def weights(self) -> dict:
+        """{'incarnation', 'version', 'weights': one flat float32 vector}, one per version."""
+        c = self._weights_cache
+        if c is None or c["version"] != self.counters["version"]:
+            c = self._weights_cache = {"incarnation": self.incarnation,
+                                       "version": self.counters["version"],
+                                       "weights": self._flatten().numpy()}
+        return c
 
-        meta: {'version': weights version the gradient came from, 'env_steps': n,
-        'episodes': n} from the worker's segment.
+    def get_weights(self) -> list[np.ndarray]:
+        """The weights as one array per variable (evaluation, tests)."""
+        return self.net.get_weights()
+
+    def apply(self, grads: list[np.ndarray], metas: list[dict]) -> dict:
+        """One optimizer step on the sample-weighted mean of k gradient sums.
+
+        grads[i]: flat vector, the sum over metas[i]['samples'] samples of clipped
+        per-segment gradients. metas[i]: {'samples', 'gradients' (worker segments in
+        the sum), 'env_steps', 'episodes', 'version' (oldest weights version in the
+        sum), 'incarnation'}. Everything is validated before any counter moves.
+        Returns the step's record (also kept as ``self.last``).
         """
+        with self.lock:
+            return self._apply_locked(grads, metas)
+
+    def _apply_locked(self, grads, metas) -> dict:
         t0 = time.perf_counter()
+        self._validate(grads, metas)
         c = self.counters
-        c["env_steps"] += int(meta.get("env_steps", 0))
-        c["episodes"] += int(meta.get("episodes", 0))
-        lag = c["version"] - int(meta.get("version", c["version"]))
-        norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
-        status = "applied"
+        for m in metas:
+            c["env_steps"] += int(m["env_steps"])
+            c["episodes"] += int(m["episodes"])
         max_lag = self.cfg.training.max_policy_lag
-        if len(grads) != len(self.net.variables):
-            raise ValueError(f"gradient has {len(grads)} arrays, the network "
-                             f"{len(self.net.variables)}")
-        if not math.isfinite(norm):
-            c["rejected_nonfinite"] += 1
-            status = "rejected_nonfinite"
-        elif max_lag and lag > max_lag:
-            c["rejected_stale"] += 1
-            status = "rejected_stale"
-        else:
+        keep, lags, status = [], [], {}
+        for g, m in zip(grads, metas):
+            lag = c["version"] - int(m["version"]) if m["incarnation"] == self.incarnation \
+                else None
+            if lag is not None:
+                lags.append(lag)
+            if lag is None or (max_lag and lag > max_lag):
+                c["rejected_stale"] += int(m["gradients"])
+                status["rejected_stale"] = status.get("rejected_stale", 0) + 1
+            else:
+                keep.append((g, m))
+        acc, keep = self._sum_finite(keep, status)
+        norm = 0.0
+        if keep:
+            samples = sum(int(m["samples"]) for _, m in keep)
+            acc *= np.float32(1.0 / samples)
+            norm = float(math.sqrt(float(np.dot(acc, acc))))
             self.lr = self._lr()
             for opt in self.optimizers.values():
                 opt.learning_rate = self.lr
-            self._apply(grads)
+            self._apply(acc)
             c["version"] += 1
             c["updates"] += 1
-        self.last = {**c, "lr": self.lr, "lag": lag, "grad_norm": norm, "status": status,
+            c["gradients"] += sum(int(m["gradients"]) for _, m in keep)
+        self.last = {**c, "lr": self.lr, "k": len(grads),
+                     "k_applied": sum(int(m["gradients"]) for _, m in keep),
+                     "lags": lags, "lag": max(lags) if lags else None, "grad_norm": norm,
+                     "status": "applied" if keep else "rejected", "rejected": status,
                      "apply_s": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}
-        return self.get_weights()
+        return self.last
+
+    def _validate(self, grads, metas) -> None:
+        if len(grads) != len(metas) or not grads:
+            raise ValueError(f"apply needs one meta per gradient, got {len(grads)} "
+                             f"gradients and {len(metas)} metas")
+        for g, m in zip(grads, metas):
+            if getattr(g, "shape", None) != (self.num_params,):
+                raise ValueError(f"gradient of shape {getattr(g, 'shape', None)}, the "
+                                 f"network has {self.num_params} parameters")
+            for k in ("samples", "gradients", "env_steps", "episodes", "version"):
+                if int(m[k]) < 0 or (k == "samples" and int(m[k]) == 0):
+                    raise ValueError(f"gradient meta {k}={m[k]!r} is out of range")
+
+    def _sum_finite(self, keep: list, status: dict) -> tuple[np.ndarray, list]:
+        """Sum into the reused accumulator; if the sum is not finite, drop the bad ones.
+
+        One pass per gradient in the common case: finiteness is checked on the sum
+        (NaN and inf survive addition), and only then per gradient.
+        """
+        acc = self._acc
+        if not keep:
+            return acc, keep
+        np.copyto(acc, keep[0][0], casting="unsafe")
+        for g, _ in keep[1:]:
+            np.add(acc, g, out=acc, casting="unsafe")
+        if math.isfinite(float(np.dot(acc, acc))):
+            return acc, keep
+        good = [(g, m) for g, m in keep
+                if math.isfinite(float(np.dot(g.astype(np.float32), g.astype(np.float32))))]
+        for _, m in keep:
+            if not any(m is m2 for _, m2 in good):
+                self.counters["rejected_nonfinite"] += int(m["gradients"])
+                status["rejected_nonfinite"] = status.get("rejected_nonfinite", 0) + 1
+        return self._sum_finite(good, status) if good else (acc, [])
 
     def status(self) -> dict:
         return {**self.counters, "lr": self.lr, "last": dict(self.last),
-                "num_params": self.net.num_params(), "precision": self.net.precision,
+                "num_params": self.num_params, "precision": self.net.precision,
                 "incarnation": self.incarnation,
                 "restored_from": self.restored_from, "pid": os.getpid()}
 
@@ -156,6 +234,10 @@ class ParameterServer:
     def save_checkpoint(self, extra: Optional[dict] = None) -> str:
         if self._manager is None:
             raise CheckpointError("no checkpoint directory was given to the parameter server")
+        with self.lock:
+            return self._save_locked(extra)
+
+    def _save_locked(self, extra: Optional[dict]) -> str:
         for k, v in self._tf_counters.items():
             v.assign(self.counters[k])
         path = self._manager.save(checkpoint_number=self.counters["updates"])
@@ -178,17 +260,33 @@ class ParameterServer:
             raise CheckpointError(f"no checkpoint found in {self.checkpoint_dir}; start a new "
                                   "run instead of --resume")
         check_checkpoint(target, self.identity())
+        ckpt = self._ckpt
+        if not _has_key(target, "gradients/.ATTRIBUTES/VARIABLE_VALUE"):
+            # saved before the gradients counter existed: restore the rest, count one
+            # worker gradient per update
+            ckpt = tf.train.Checkpoint(**self.net.models, **{
+                f"opt_{k}": o for k, o in self.optimizers.items()}, identity=self._identity,
+                **{k: v for k, v in self._tf_counters.items() if k != "gradients"})
+            self._tf_counters["gradients"].assign(-1)
         try:
-            self._ckpt.restore(target).assert_existing_objects_matched()
+            ckpt.restore(target).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as e:
             raise CheckpointError(f"checkpoint {target} cannot be restored "
                                   f"({str(e).splitlines()[0]}); resume from an older "
                                   "checkpoint or start a new run") from None
         self.counters = {k: int(v.numpy()) for k, v in self._tf_counters.items()}
+        if self.counters["gradients"] < 0:
+            self.counters["gradients"] = self.counters["updates"]
         self.lr = self._lr()
         self._weights_cache = None
         self.restored_from = target
         return dict(self.counters)
+
+
+def _has_key(prefix: str, key: str) -> bool:
+    import tensorflow as tf
+
+    return any(name == key for name, _ in tf.train.list_variables(prefix))
 
 
 def make_optimizer(t):

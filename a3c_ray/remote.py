@@ -1,18 +1,30 @@
-"""Transport: how the driver reaches the parameter server and the rollout workers.
+"""Transport: how the driver reaches the parameter server, aggregators and workers.
 
-Two backends with one interface, so the driver loop is the same code in both:
+Two backends with one interface, so the driver loop (``driver.Trainer``) is the same
+code in both:
 
-* ``RayBackend``: the PS and the workers are named Ray actors. Weights and
-  gradients move between actors as ObjectRefs; the driver only fetches each
-  segment's small statistics. One task in flight per worker.
+    start()                      every worker starts a segment with the PS's weights
+    poll(timeout) -> (batches, applied)
+                                 batches: what aggregators gathered (NodeAggregator.take);
+                                 applied: finished steps' records, or errors
+    apply(batches)               one PS step on these batches' sums (at most one in flight)
+    release(workers, after_apply) workers play on, with the weights of the step just
+                                 dispatched (after_apply) or the newest finished one
+    stepping() -> bool           a step is in flight
+    status() / checkpoint(extra) / health() / shutdown()
+
+* ``RayBackend``: named Ray actors (``ray_actors.py``). Gradients and weights move as
+  ObjectRefs between actors; the driver handles one small batch per node and step.
 * ``SerialBackend``: the same plain classes in this process (debugging, tests).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Optional
 
+from .aggregator import NodeAggregator
 from .config import Config
 
 
@@ -21,8 +33,6 @@ class SerialBackend:
 
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
                  num_workers: int):
-        import os
-
         from .parameter_server import ParameterServer
         from .worker import RolloutWorker
 
@@ -30,92 +40,50 @@ class SerialBackend:
         self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
         self.ps.restore_latest_if_any()
         self.workers = [RolloutWorker(cfg, i, cpus=cpus) for i in range(num_workers)]
-        self._pending: list[tuple[int, Any]] = []
+        self.agg = NodeAggregator(0, "local")
+        self._queue: list[tuple[int, dict]] = []  # (worker, weights it plays with)
+        self._applied: list[dict] = []
+        self._newest = self.ps.weights()
 
-    def initial_weights(self) -> Any:
-        return self.ps.get_weights()
+    def start(self) -> None:
+        self.release(list(range(len(self.workers))), after_apply=False)
 
-    def submit(self, i: int, weights: Any) -> None:
-        self._pending.append((i, weights))
+    def poll(self, timeout: float) -> tuple[list[dict], list[dict]]:
+        if self._queue:
+            i, w = self._queue.pop(0)
+            sync_s = self.workers[i].sync((w["incarnation"], w["version"]), w["weights"])
+            grad, stats = self.workers[i].compute_gradients(sync_s)
+            self.agg.add(i, grad, stats)
+        applied, self._applied = self._applied, []
+        return ([self.agg.take()] if self.agg.has_output() else []), applied
 
-    def wait(self, timeout: float) -> list[tuple[int, Any, Optional[dict], Optional[str]]]:
-        i, weights = self._pending.pop(0)
-        grads, stats = self.workers[i].compute_gradients(weights)
-        return [(i, grads, stats, None)]
+    def apply(self, batches: list[dict]) -> None:
+        parts = [p for b in batches for p in b["parts"]]
+        rec = self.ps.apply([g for g, _ in parts], [m for _, m in parts])
+        self._newest = self.ps.weights()
+        self._applied.append(rec)
 
-    def apply(self, grads: Any, meta: dict) -> Any:
-        return self.ps.apply_gradients(grads, meta)
+    def release(self, workers: list[int], after_apply: bool) -> None:
+        self._queue.extend((i, self._newest) for i in workers)
 
-    def newest_ready(self, current: Any, pending: list) -> tuple[Any, list]:
-        return pending[-1], []
+    def stepping(self) -> bool:
+        return False
+
+    def ps_restarted(self) -> None:
+        self._newest = self.ps.weights()
 
     def checkpoint(self, extra: dict) -> str:
         return self.ps.save_checkpoint(extra)
 
     def status(self) -> dict:
-        return self.ps.status()
+        return {**self.ps.status(), "published": None}
+
+    def health(self) -> dict:
+        return {}
 
     def shutdown(self) -> None:
         for w in self.workers:
             w.close()
-
-
-def _actor_classes():
-    """Define the Ray actors lazily, so importing this module does not import Ray."""
-    import ray
-
-    from .metrics import RayMetrics
-    from .parameter_server import ParameterServer
-    from .worker import RolloutWorker
-
-    @ray.remote
-    class ParameterServerActor:
-        """Thin Ray shell around ParameterServer.
-
-        A restarted PS (Ray's max_restarts) runs __init__ again and comes back
-        from the latest checkpoint in its directory, if there is one.
-        """
-
-        def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run):
-            self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
-            self.ps.restore_latest_if_any()
-            self.metrics = RayMetrics(run, "ps")
-
-        def get_weights(self):
-            return self.ps.get_weights()
-
-        def apply_gradients(self, grads, meta):
-            out = self.ps.apply_gradients(grads, meta)
-            self.metrics.ps_update(self.ps.last)
-            return out
-
-        def save_checkpoint(self, extra=None):
-            return self.ps.save_checkpoint(extra)
-
-        def status(self):
-            return {**self.ps.status(), "node": ray.get_runtime_context().get_node_id()}
-
-    @ray.remote
-    class RolloutWorkerActor:
-        """Thin Ray shell around RolloutWorker."""
-
-        def __init__(self, cfg, index, cpus, run):
-            self.worker = RolloutWorker(cfg, index, cpus=cpus)
-            self.metrics = RayMetrics(run, f"worker-{index}")
-            self.frames_per_step = cfg.frames_per_step
-            self.node = ray.get_runtime_context().get_node_id()
-
-        @ray.method(num_returns=2)
-        def compute_gradients(self, weights):
-            grads, stats = self.worker.compute_gradients(weights)
-            self.metrics.worker_segment(stats, self.frames_per_step)
-            stats["node"] = self.node
-            return grads, stats
-
-        def ping(self):
-            return self.worker.index
-
-    return ParameterServerActor, RolloutWorkerActor
 
 
 class RayBackend:
@@ -123,75 +91,137 @@ class RayBackend:
                  num_workers: int, run: str = "a3c"):
         import ray
 
+        from .ray_actors import AggregatorActor, ParameterServerActor, RolloutWorkerActor
+
         self.ray = ray
-        PS, Worker = _actor_classes()
         w = cfg.workers
-        self.ps = PS.options(
+        self.poll_timeout_s = 0.5
+        self.ps = ParameterServerActor.options(
             name="a3c-ps", num_cpus=w.ps_cpus, resources=dict(w.ps_resources) or None,
             max_restarts=w.max_restarts, max_task_retries=0,
         ).remote(cfg, obs_shape, n_actions, ckpt_dir, max(w.ps_cpus, 1.0), run)
         self.workers = [
-            Worker.options(name=f"a3c-worker-{i}", num_cpus=w.cpus_per_worker,
-                           max_restarts=w.max_restarts, max_task_retries=0,
-                           ).remote(cfg, i, max(w.cpus_per_worker, 1.0), run)
+            RolloutWorkerActor.options(
+                name=f"a3c-worker-{i}", num_cpus=w.cpus_per_worker,
+                max_restarts=w.max_restarts, max_task_retries=0,
+            ).remote(cfg, i, max(w.cpus_per_worker, 1.0), run)
             for i in range(num_workers)]
-        # Fail early (and clearly) if an actor cannot start.
-        ray.get([wk.ping.remote() for wk in self.workers] + [self.ps.status.remote()])
-        self._inflight: dict[Any, tuple[int, Any]] = {}
+        # Fail early (and clearly) if an actor cannot start; learn where workers landed.
+        nodes = ray.get([wk.ping.remote() for wk in self.workers])
+        ray.get(self.ps.status.remote())
+        groups: dict[str, list[int]] = {}
+        for i, node in enumerate(nodes):
+            groups.setdefault(node if w.aggregate_per_node else "all", []).append(i)
+        self.aggregators, self.members = [], []
+        for a, (node, members) in enumerate(sorted(groups.items())):
+            opts: dict[str, Any] = dict(name=f"a3c-aggregator-{a}",
+                                        max_restarts=w.max_restarts, max_task_retries=0)
+            if node != "all":
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    def initial_weights(self) -> Any:
-        return self.ps.get_weights.remote()
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            self.aggregators.append(AggregatorActor.options(**opts).remote(
+                a, {i: self.workers[i] for i in members}, None if node == "all" else node))
+            self.members.append(members)
+        self.agg_of = {i: a for a, ms in enumerate(self.members) for i in ms}
+        ray.get([ag.ping.remote() for ag in self.aggregators])
+        self._next: dict[Any, int] = {}  # next_batch ref -> aggregator
+        self._step: Optional[Any] = None  # the apply in flight
+        self._newest: Any = None  # ref of the newest finished weights handle
+        self._latest: Any = None  # ref of the newest dispatched one
 
-    def submit(self, i: int, weights_ref: Any) -> None:
-        grads_ref, stats_ref = self.workers[i].compute_gradients.remote(weights_ref)
-        self._inflight[stats_ref] = (i, grads_ref)
+    # ---- the loop's interface -------------------------------------------------
+    def start(self) -> None:
+        self._newest = self._latest = self.ps.weights.remote()
+        for a, ag in enumerate(self.aggregators):
+            ag.submit.remote(self.members[a], [self._latest])
+            self._ask(a)
 
-    def wait(self, timeout: float) -> list[tuple[int, Any, Optional[dict], Optional[str]]]:
-        """Finished segments: (worker, gradient ref, stats, error text or None)."""
-        if not self._inflight:
-            time.sleep(timeout)
-            return []
-        ready, _ = self.ray.wait(list(self._inflight), num_returns=1, timeout=timeout)
-        out = []
+    def _ask(self, a: int) -> None:
+        self._next[self.aggregators[a].next_batch.remote(self.poll_timeout_s)] = a
+
+    def poll(self, timeout: float) -> tuple[list[dict], list[dict]]:
+        waiting = list(self._next) + ([self._step] if self._step is not None else [])
+        ready, _ = self.ray.wait(waiting, num_returns=1, timeout=timeout)
+        if ready:  # everything else that is ready too, in one call
+            ready, _ = self.ray.wait(waiting, num_returns=len(waiting), timeout=0)
+        batches, applied = [], []
         for ref in ready:
-            i, grads_ref = self._inflight.pop(ref)
+            if ref is self._step or ref == self._step:
+                self._step = None
+                try:
+                    handle = self.ray.get(ref)
+                    self._newest = ref
+                    applied.append(handle["ps"])
+                except self.ray.exceptions.RayError as e:
+                    applied.append({"error": f"{type(e).__name__}: "
+                                             f"{str(e).splitlines()[0][:200]}"})
+                continue
+            a = self._next.pop(ref)
             try:
-                out.append((i, grads_ref, self.ray.get(ref), None))
-            except self.ray.exceptions.RayError as e:
-                out.append((i, None, None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
-        return out
+                b = self.ray.get(ref)
+            except self.ray.exceptions.RayError as e:  # the aggregator died: Ray restarts it
+                b = {"parts": [], "stats": [], "workers": [], "aggregator": a,
+                     "failures": [(i, f"aggregator {a} failed: {type(e).__name__}")
+                                  for i in self.members[a]]}
+            self._ask(a)
+            if b is not None:
+                batches.append(b)
+        return batches, applied
 
-    def apply(self, grads_ref: Any, meta: dict) -> Any:
-        return self.ps.apply_gradients.remote(grads_ref, meta)
+    def apply(self, batches: list[dict]) -> None:
+        parts = [p for b in batches for p in b["parts"]]
+        self._step = self._latest = self.ps.apply.remote(parts)
 
-    def newest_ready(self, current: Any, pending: list) -> tuple[Any, list]:
-        """(newest finished weights ref or `current`, the refs still pending).
+    def release(self, workers: list[int], after_apply: bool) -> None:
+        box = [self._latest if after_apply else self._newest]
+        by_agg: dict[int, list[int]] = {}
+        for i in workers:
+            by_agg.setdefault(self.agg_of[i], []).append(i)
+        for a, ws in by_agg.items():
+            self.aggregators[a].submit.remote(ws, box)
 
-        The PS runs applies in order, so a finished ref makes all older ones stale.
-        """
-        ready, _ = self.ray.wait(pending, num_returns=len(pending), timeout=0)
-        if not ready:
-            return current, pending
-        done = set(ready)
-        last = max(i for i, r in enumerate(pending) if r in done)
-        return pending[last], pending[last + 1:]
+    def stepping(self) -> bool:
+        return self._step is not None
 
-    def checkpoint(self, extra: dict) -> str:
-        return self.ray.get(self.ps.save_checkpoint.remote(extra))
+    def ps_restarted(self) -> None:
+        """After a PS restart: every worker released from now on gets its weights."""
+        self._step = None
+        self._newest = self._latest = self.ps.weights.remote()
+
+    def checkpoint(self, extra: dict, timeout_s: float = 600.0) -> str:
+        return self.ray.get(self.ps.save_checkpoint.remote(extra), timeout=timeout_s)
 
     def status(self, timeout_s: float = 300.0) -> dict:
         """The PS's status; while Ray restarts a dead PS, keep asking (up to timeout_s)."""
         t_end = time.time() + timeout_s
         while True:
             try:
-                return self.ray.get(self.ps.status.remote())
+                return self.ray.get(self.ps.status.remote(), timeout=max(1.0, timeout_s))
             except (self.ray.exceptions.ActorUnavailableError,
                     self.ray.exceptions.RayActorError):
                 if time.time() > t_end:
                     raise
                 time.sleep(1.0)
 
+    def health(self) -> dict:
+        """Object-store use on this node (informational: Ray's internal summary)."""
+        return {"object_store_mb": object_store_used_mb()}
+
     def shutdown(self) -> None:
-        for wk in self.workers:
-            self.ray.kill(wk)
-        self.ray.kill(self.ps)
+        for actor in [*self.aggregators, *self.workers, self.ps]:
+            self.ray.kill(actor)
+
+
+def object_store_used_mb() -> Optional[float]:
+    """MiB of this node's object store in use, from Ray's memory summary (or None)."""
+    import re
+
+    try:
+        from ray._private.internal_api import memory_summary
+
+        text = memory_summary(stats_only=True)
+    except Exception:  # private API: informational only
+        return None
+    m = re.search(r"Plasma memory usage (\d+(?:\.\d+)?) MiB", text)
+    return float(m.group(1)) if m else None

@@ -1,11 +1,13 @@
 """The rollout worker: plays t_max-step segments in N envs and computes gradients.
 
 ``RolloutWorker`` is a plain class (testable and usable without Ray); the Ray
-actor that wraps it is built in ``remote.py``. Each call of
-``compute_gradients(weights)`` syncs the local networks to the given weights
-version, plays one segment of ``t_max`` steps in each of its envs with batched
-inference, and returns the gradient of the A3C loss on that segment plus small
-statistics (episodes finished, losses, time spent per section).
+actor that wraps it is in ``ray_actors.py``. ``sync(key, flat)`` loads a weights
+version (keyed by the PS's incarnation and version, so a restarted PS's version 3
+is never mistaken for the old one's); each call of ``compute_gradients()`` plays one
+segment of ``t_max`` steps in each of its envs with batched inference and returns
+the A3C loss gradient on that segment in its wire form (clipped per network, one
+flat vector times the segment's sample count, see ``losses.clip_and_flatten``) plus
+small statistics (episodes finished, losses, gradient norm, time per section).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class RolloutWorker:
         import tensorflow as tf
 
         from .envs import EnvBatch
-        from .losses import a3c_loss
+        from .losses import a3c_loss, clip_and_flatten
 
         self.cfg, self.index = cfg, index
         t = cfg.training
@@ -35,6 +37,7 @@ class RolloutWorker:
         tf.keras.utils.set_random_seed(self.seed)
         self.envs = EnvBatch(cfg, t.envs_per_worker, self.seed)
         self.net = ActorCritic(self.envs.obs_shape, self.envs.n_actions, cfg.model)
+        self.key: Optional[tuple] = None  # (PS incarnation, version) of the weights held
         self.version = -1
         n, T = t.envs_per_worker, t.t_max
         self._obs_buf = np.zeros((T, n, *self.envs.obs_shape), self.envs.obs_dtype)
@@ -55,6 +58,9 @@ class RolloutWorker:
 
         net, ent, vcoef = self.net, t.entropy_coef, t.value_loss_coef
         norm_adv = t.normalize_advantages
+        group_lengths = [len(vs) for _, vs in net.groups]
+        clip, samples = t.grad_clip_norm, float(t.t_max * t.envs_per_worker)
+        wire = tf.bfloat16 if cfg.workers.gradient_dtype == "bfloat16" else tf.float32
         obs_spec = net.obs_spec(self.envs.obs_dtype)
         state_spec = net.state_spec()
         variables = net.variables
@@ -80,7 +86,8 @@ class RolloutWorker:
                 losses = a3c_loss(logits, values, actions, returns, ent, vcoef, policy_mask,
                                   norm_adv)
             grads = tape.gradient(losses["total"], variables)
-            return grads, losses
+            flat, norms = clip_and_flatten(grads, group_lengths, clip, samples)
+            return tf.cast(flat, wire), norms, losses
 
         @tf.function(input_signature=[obs_spec], autograph=False)
         def act_value(obs):
@@ -105,16 +112,28 @@ class RolloutWorker:
             self._value = value
 
     # ---- one segment ---------------------------------------------------------
-    def compute_gradients(self, weights: dict) -> tuple[list[np.ndarray], dict[str, Any]]:
-        """Sync to `weights` ({'version', 'weights', 'ps'}), play a segment, return grads."""
+    def sync(self, key: tuple, flat: np.ndarray) -> float:
+        """Load weights version `key` ((incarnation, version)) from one flat vector.
+
+        Returns the seconds it took (0 if `key` is already loaded).
+        """
+        if tuple(key) == self.key:
+            return 0.0
+        t0 = time.perf_counter()
+        self.net.set_flat_weights(flat)
+        self.key, self.version = tuple(key), int(key[1])
+        return time.perf_counter() - t0
+
+    def compute_gradients(self, sync_s: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
+        """Play a segment with the weights loaded by ``sync``; return (wire gradient, stats).
+
+        sync_s: time the caller spent fetching and loading this segment's weights.
+        """
         from .losses import lambda_returns, n_step_returns
 
-        t_start = time.perf_counter()
-        wait_s = 0.0 if self._last_return is None else t_start - self._last_return
-        if weights["version"] != self.version:
-            self.net.set_weights(weights["weights"])
-            self.version = weights["version"]
         t_sync = time.perf_counter()
+        wait_s = 0.0 if self._last_return is None else max(
+            0.0, t_sync - self._last_return - sync_s)
         episodes, env_s, infer_s = self._rollout()
         t_roll = time.perf_counter()
         T, n = self._act_buf.shape
@@ -129,28 +148,30 @@ class RolloutWorker:
         # obs[t] starts an episode where step t - 1 ended one (the state was zeroed there)
         starts = np.zeros((T, n), np.float32)
         starts[1:] = self._fin_buf[:-1]
-        grads, losses = self._gradient(
+        flat, norms, losses = self._gradient(
             self._obs_buf.reshape(T * n, *self.envs.obs_shape),
             self._act_buf.reshape(-1), returns.reshape(-1), self._mask_buf.reshape(-1),
             self._state0, starts)
-        grads = [g.numpy() for g in grads]
+        flat = flat.numpy()
         t_end = time.perf_counter()
         self.total_env_steps += T * n
         self._last_return = t_end
         stats = {
             "worker": self.index,
             "version": self.version,
+            "incarnation": self.key[0] if self.key else None,
             "env_steps": T * n,
+            "samples": T * n,
+            "grad_norm": float(np.sqrt(np.sum(np.square(norms.numpy())))),
             "episodes": episodes,
             "losses": {k: float(v) for k, v in losses.items()},
             "time": {"env": env_s, "inference": infer_s + (t_boot - t_roll),
-                     "gradient": t_end - t_boot, "sync": t_sync - t_start, "wait": wait_s,
-                     "total": t_end - t_start},
-            "ps": weights.get("ps", {}),
+                     "gradient": t_end - t_boot, "sync": sync_s, "wait": wait_s,
+                     "total": t_end - t_sync + sync_s},
             "pid": os.getpid(),
             "rss_mb": peak_rss_mb(),
         }
-        return grads, stats
+        return flat, stats
 
     def _rollout(self) -> tuple[list[dict], float, float]:
         import tensorflow as tf

@@ -123,8 +123,9 @@ def test_checkpoint_cut_short_never_becomes_latest(tmp_path):
 
     cfg = load_config(None, {"env.id": "CartPole-v1"})
     ps = ParameterServer(cfg, (4,), 2, str(tmp_path / "ckpt"))
-    g = [np.full(v.shape, 0.1, np.float32) for v in ps.net.variables]
-    ps.apply_gradients(g, {"version": 0})
+    ps.apply([np.full(ps.num_params, 0.1, np.float32)],
+             [{"samples": 1, "gradients": 1, "env_steps": 0, "episodes": 0, "version": 0,
+               "incarnation": ps.incarnation}])
     good = ps.save_checkpoint()
     # what a kill in the middle of the next save leaves: data without index, index truncated
     d = tmp_path / "ckpt"

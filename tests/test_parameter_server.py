@@ -1,4 +1,4 @@
-"""The parameter server as a plain class: versions, guards, checkpoints."""
+"""The parameter server as a plain class: k-gradient steps, versions, guards, checkpoints."""
 import numpy as np
 import pytest
 
@@ -11,51 +11,110 @@ def make_ps(tmp_path, **ov):
     return ParameterServer(cfg, (4,), 2, str(tmp_path / "ckpt"))
 
 
-def grads_like(ps, value=0.1):
-    return [np.full(v.shape, value, np.float32) for v in ps.net.variables]
+def flat(ps, value=0.1):
+    return np.full(ps.num_params, value, np.float32)
+
+
+def meta(ps, samples=1, gradients=1, env_steps=0, episodes=0, version=None, incarnation=None):
+    return {"samples": samples, "gradients": gradients, "env_steps": env_steps,
+            "episodes": episodes,
+            "version": ps.counters["version"] if version is None else version,
+            "incarnation": ps.incarnation if incarnation is None else incarnation}
+
+
+def step(ps, g=None, **kw):
+    return ps.apply([flat(ps) if g is None else g], [meta(ps, **kw)])
 
 
 def test_apply_bumps_version_and_changes_weights(tmp_path):
     ps = make_ps(tmp_path)
-    w0 = ps.get_weights()
-    out = ps.apply_gradients(grads_like(ps), {"version": 0, "env_steps": 160, "episodes": 2})
-    assert out["version"] == 1 and ps.counters["updates"] == 1
+    w0 = ps.weights()["weights"].copy()
+    rec = step(ps, env_steps=160, episodes=2)
+    assert rec["version"] == 1 and ps.counters["updates"] == 1 == ps.counters["gradients"]
     assert ps.counters["env_steps"] == 160 and ps.counters["episodes"] == 2
-    assert any(not np.allclose(a, b) for a, b in zip(w0["weights"], out["weights"]))
-    assert out["ps"]["status"] == "applied" and out["ps"]["lag"] == 0
+    w1 = ps.weights()
+    assert w1["version"] == 1 and w1["incarnation"] == ps.incarnation
+    assert not np.allclose(w0, w1["weights"])
+    assert rec["status"] == "applied" and rec["lags"] == [0]
+    assert ps.weights() is w1  # one weights object per version
+
+
+def test_k_gradient_step_is_one_step_on_the_sample_weighted_mean(tmp_path):
+    """Golden: sums of 80 and 20 samples in one step == one step on (s1 + s2) / 100."""
+    rng = np.random.default_rng(0)
+    ps, ref = make_ps(tmp_path / "k"), make_ps(tmp_path / "ref")
+    for v, w in zip(ref.net.variables, ps.net.variables):
+        v.assign(w.numpy())
+    s1 = 80 * rng.normal(size=ps.num_params).astype(np.float32)
+    s2 = 20 * rng.normal(size=ps.num_params).astype(np.float32)
+    rec = ps.apply([s1, s2], [meta(ps, samples=80, env_steps=80, episodes=1),
+                              meta(ps, samples=20, env_steps=20, gradients=3)])
+    step(ref, (s1 + s2) / 100.0, samples=1)
+    np.testing.assert_allclose(ps.weights()["weights"], ref.weights()["weights"], rtol=1e-5,
+                               atol=1e-7)
+    assert rec["k"] == 2 and rec["k_applied"] == 4 and rec["lags"] == [0, 0]
+    c = ps.counters
+    assert (c["version"], c["updates"], c["gradients"], c["env_steps"], c["episodes"]) == \
+        (1, 1, 4, 100, 1)
+    assert rec["grad_norm"] == pytest.approx(float(np.linalg.norm((s1 + s2) / 100)), rel=1e-4)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_nonfinite_gradient_is_rejected_and_counted(tmp_path, bad):
+def test_nonfinite_sum_is_dropped_and_the_rest_applied(tmp_path, bad):
     ps = make_ps(tmp_path)
-    g = grads_like(ps)
-    g[0].flat[0] = bad
-    w0 = ps.get_weights()["weights"]
-    out = ps.apply_gradients(g, {"version": 0, "env_steps": 10, "episodes": 0})
-    assert out["version"] == 0 and ps.counters["rejected_nonfinite"] == 1
-    assert all(np.array_equal(a, b) for a, b in zip(w0, out["weights"]))
-    assert all(np.isfinite(a).all() for a in out["weights"])
-    assert ps.counters["env_steps"] == 10  # the experience still counts
+    g = flat(ps)
+    g[0] = bad
+    rec = ps.apply([flat(ps), g, flat(ps)], [meta(ps, env_steps=10) for _ in range(3)])
+    assert rec["version"] == 1 and rec["k_applied"] == 2
+    assert ps.counters["rejected_nonfinite"] == 1 and ps.counters["gradients"] == 2
+    assert np.isfinite(ps.weights()["weights"]).all()
+    assert ps.counters["env_steps"] == 30  # the experience still counts
+
+
+def test_all_nonfinite_leaves_weights_and_version(tmp_path):
+    ps = make_ps(tmp_path)
+    w0 = ps.weights()
+    rec = step(ps, flat(ps, np.nan), env_steps=10)
+    assert rec["status"] == "rejected" and rec["version"] == 0
+    assert ps.weights() is w0 and ps.counters["rejected_nonfinite"] == 1
 
 
 def test_stale_gradient_dropped_when_bounded(tmp_path):
     ps = make_ps(tmp_path, **{"training.max_policy_lag": 2})
     for _ in range(4):
-        ps.apply_gradients(grads_like(ps), {"version": ps.counters["version"]})
-    out = ps.apply_gradients(grads_like(ps), {"version": 1})  # lag 3 > 2
-    assert out["ps"]["status"] == "rejected_stale" and ps.counters["rejected_stale"] == 1
-    assert out["ps"]["lag"] == 3 and out["version"] == 4
+        step(ps)
+    rec = step(ps, version=1)  # lag 3 > 2
+    assert rec["status"] == "rejected" and ps.counters["rejected_stale"] == 1
+    assert rec["lags"] == [3] and rec["version"] == 4
 
 
-def test_gradient_clipped_to_global_norm(tmp_path):
-    ps = make_ps(tmp_path, **{"training.grad_clip_norm": 1.0, "training.lr": 0.1})
-    out = ps.apply_gradients(grads_like(ps, 1e6), {"version": 0})
-    assert out["ps"]["grad_norm"] > 1e6 and all(np.isfinite(w).all() for w in out["weights"])
+def test_gradient_of_another_incarnation_is_never_applied(tmp_path):
+    """A restarted PS starts at a version the old one also had: the key tells them apart."""
+    ps = make_ps(tmp_path)
+    rec = step(ps, version=0, incarnation="old-process", env_steps=80)
+    assert rec["status"] == "rejected" and rec["version"] == 0 and rec["lags"] == []
+    assert ps.counters["rejected_stale"] == 1 and ps.counters["env_steps"] == 80
+    assert make_ps(tmp_path / "b").incarnation != ps.incarnation
+
+
+@pytest.mark.parametrize("bad", ["shape", "samples", "missing"])
+def test_malformed_input_moves_no_counter(tmp_path, bad):
+    ps = make_ps(tmp_path)
+    g, m = flat(ps), meta(ps, env_steps=80)
+    if bad == "shape":
+        g = g[:-1]
+    elif bad == "samples":
+        m["samples"] = 0
+    else:
+        del m["version"]
+    with pytest.raises((ValueError, KeyError)):
+        ps.apply([g], [m])
+    assert ps.counters == make_ps(tmp_path / "fresh").counters
 
 
 def test_lr_follows_seed_schedule_by_episodes(tmp_path):
     ps = make_ps(tmp_path, **{"training.lr_schedule": "seed_log"})
-    ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
+    step(ps, episodes=1000)
     assert ps.lr == pytest.approx(ps.cfg.training.lr / np.log10(20))
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
 
@@ -63,10 +122,10 @@ def test_lr_follows_seed_schedule_by_episodes(tmp_path):
 def test_linear_lr_decays_to_zero_at_total_env_steps(tmp_path):
     ps = make_ps(tmp_path, **{"training.lr_schedule": "linear",
                               "training.total_env_steps": 1000})
-    ps.apply_gradients(grads_like(ps), {"version": 0, "env_steps": 250})
+    step(ps, env_steps=250)
     assert ps.lr == pytest.approx(ps.cfg.training.lr * 0.75)
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
-    ps.apply_gradients(grads_like(ps), {"version": 1, "env_steps": 1000})
+    step(ps, env_steps=1000)
     assert ps.lr == 0.0
 
 
@@ -74,16 +133,16 @@ def test_lr_warmup_rises_linearly_then_follows_the_schedule(tmp_path):
     ps = make_ps(tmp_path, **{"training.lr_schedule": "linear", "training.lr": 1e-3,
                               "training.total_env_steps": 10_000,
                               "training.lr_warmup_env_steps": 1000})
-    ps.apply_gradients(grads_like(ps), {"version": 0, "env_steps": 250})
+    step(ps, env_steps=250)
     assert ps.lr == pytest.approx(1e-3 * 0.25 * 0.975)
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(ps.lr, rel=1e-6)
-    ps.apply_gradients(grads_like(ps), {"version": 1, "env_steps": 4750})  # at 5,000
+    step(ps, env_steps=4750)  # at 5,000
     assert ps.lr == pytest.approx(1e-3 * 0.5)  # warm: the linear decay alone
 
 
 def test_constant_lr_by_default(tmp_path):
     ps = make_ps(tmp_path)
-    ps.apply_gradients(grads_like(ps), {"version": 0, "episodes": 1000})
+    step(ps, episodes=1000)
     assert ps.lr == ps.cfg.training.lr == 7e-4
     assert float(ps.optimizers["actor"].learning_rate) == pytest.approx(7e-4, rel=1e-6)
 
@@ -131,18 +190,20 @@ def test_fused_and_keras_rmsprop_paths_agree_in_the_ps(tmp_path):
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    ov = {"training.grad_clip_norm": 0.5, "training.lr_schedule": "linear",
+    ov = {"training.lr_schedule": "linear",
           "training.total_env_steps": 400}
     ps = make_ps(tmp_path, **ov)
     ref = make_ps(tmp_path / "ref", **ov)
     for v, w in zip(ref.net.variables, ps.net.variables):
         v.assign(w.numpy())
+    sizes = [int(np.prod(v.shape)) for v in ps.net.variables]
     for _ in range(3):
-        g = [rng.normal(size=v.shape).astype(np.float32) for v in ps.net.variables]
-        ps.apply_gradients(g, {"version": ps.counters["version"], "env_steps": 100})
+        g = rng.normal(size=ps.num_params).astype(np.float32)
+        step(ps, g, env_steps=100)
+        parts = np.split(g, np.cumsum(sizes)[:-1])
         i = 0
-        for name, vs in ref.net.groups:  # the Keras path by hand, clipped per network
-            gg, _ = tf.clip_by_global_norm([tf.constant(x) for x in g[i:i + len(vs)]], 0.5)
+        for name, vs in ref.net.groups:  # the Keras path by hand
+            gg = [tf.constant(x.reshape(v.shape)) for x, v in zip(parts[i:i + len(vs)], vs)]
             ref.optimizers[name].learning_rate = ps.lr
             ref.optimizers[name].apply(gg, vs)
             i += len(vs)
@@ -157,15 +218,14 @@ def test_fused_and_keras_rmsprop_paths_agree_in_the_ps(tmp_path):
 def test_checkpoint_roundtrip_restores_weights_optimizer_and_counters(tmp_path):
     ps = make_ps(tmp_path)
     for _ in range(3):
-        ps.apply_gradients(grads_like(ps), {"version": ps.counters["version"], "episodes": 5,
-                                            "env_steps": 100})
+        step(ps, episodes=5, env_steps=100)
     path = ps.save_checkpoint()
-    saved = ps.get_weights()["weights"]
+    saved = ps.get_weights()
     iters = int(ps.optimizers["actor"].iterations.numpy())
     ps2 = make_ps(tmp_path)
     counters = ps2.restore()
     assert counters == ps.counters and counters["version"] == 3 and counters["episodes"] == 15
-    assert all(np.array_equal(a, b) for a, b in zip(saved, ps2.get_weights()["weights"]))
+    assert all(np.array_equal(a, b) for a, b in zip(saved, ps2.get_weights()))
     assert int(ps2.optimizers["actor"].iterations.numpy()) == iters == 3
     assert path.endswith("ckpt-3")
 

@@ -9,11 +9,13 @@ from a3c_ray.config import load_config
 from a3c_ray.metrics import Reporter, read_log
 
 
-def _segment(worker, steps, total, lag, lr):
-    return {"worker": worker, "version": 1, "env_steps": steps, "episodes": [],
-            "losses": {"total": total, "entropy": 1.5},
-            "time": {"env": 0.01, "inference": 0.01, "gradient": 0.02, "sync": 0.0, "wait": 0.0},
-            "ps": {"lag": lag, "lr": lr, "version": 2, "grad_norm": 0.5, "apply_s": 0.004}}
+def _segment(rep, worker, steps, total, lag, lr):
+    rep.segment({"worker": worker, "version": 1, "env_steps": steps, "episodes": [],
+                 "losses": {"total": total, "entropy": 1.5}, "grad_norm": 0.5,
+                 "time": {"env": 0.01, "inference": 0.01, "gradient": 0.02, "sync": 0.0,
+                          "wait": 0.0}})
+    rep.update({"version": 2, "k": 1, "k_applied": 1, "lags": [lag], "lr": lr,
+                "grad_norm": 0.5, "apply_s": 0.004, "step_s": 0.005, "status": "applied"})
 
 
 def _tb_scalars(run_dir):
@@ -28,10 +30,10 @@ def _tb_scalars(run_dir):
 def test_segment_scalars_are_averaged_per_tick_and_every_segment_is_logged(tmp_path):
     cfg = load_config(overrides={"logging.console": "quiet"})
     rep = Reporter(cfg, tmp_path, start={}, stream=io.StringIO())
-    rep.segment(_segment(0, 80, total=1.0, lag=1, lr=1e-4))
-    rep.segment(_segment(1, 80, total=2.0, lag=3, lr=3e-4))
+    _segment(rep, 0, 80, total=1.0, lag=1, lr=1e-4)
+    _segment(rep, 1, 80, total=2.0, lag=3, lr=3e-4)
     rep.tick(force=True)
-    rep.segment(_segment(0, 80, total=5.0, lag=2, lr=2e-4))
+    _segment(rep, 0, 80, total=5.0, lag=2, lr=2e-4)
     rep.close()  # writes what came after the last tick
 
     tb = _tb_scalars(tmp_path)
@@ -45,6 +47,8 @@ def test_segment_scalars_are_averaged_per_tick_and_every_segment_is_logged(tmp_p
     segs = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "segment"]
     assert [s["losses"]["total"] for s in segs] == [1.0, 2.0, 5.0]
     assert [s["env_steps"] for s in segs] == [80, 160, 240]
+    ups = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "update"]
+    assert [u["lags"] for u in ups] == [[1], [3], [2]]
 
 
 def test_status_reports_the_drivers_own_cpu(tmp_path):

@@ -1,0 +1,120 @@
+"""Gradient aggregation: what one node's workers send to the parameter server.
+
+A node's aggregator runs that node's workers' segments and adds their wire gradients
+(see ``worker.py``: clipped, flat, times the segment's samples) into one float32 sum.
+When the driver asks for a batch it hands over everything gathered since the last one:
+the sum (one object whatever the number of workers), its merged meta, every segment's
+small statistics, and which workers are now waiting for the next weights. So the PS
+and the driver see one input per node and step, not one per worker (BA3C's per-node
+aggregation, Adamski et al. 2018).
+
+``NodeAggregator`` is the plain logic (also used in serial mode); the Ray actor in
+``ray_actors.py`` wraps it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+class GradientSum:
+    """A running float32 sum of wire gradients from one PS incarnation, with its meta.
+
+    A sum of one is the worker's own array (and object, if it has one): nothing is copied
+    until a second gradient arrives.
+    """
+
+    def __init__(self, incarnation: Optional[str]):
+        self.incarnation = incarnation
+        self.count = 0
+        self.samples = self.env_steps = self.episodes = 0
+        self.version: Optional[int] = None  # the oldest weights version in the sum
+        self._first: Any = None
+        self._first_ref: Any = None
+        self._acc: Optional[np.ndarray] = None
+
+    def add(self, grad: np.ndarray, stats: dict, ref: Any = None) -> None:
+        if self.count == 0:
+            self._first, self._first_ref = grad, ref
+        elif self.count == 1:
+            self._acc = self._first.astype(np.float32)  # a copy (the first may be read-only)
+            np.add(self._acc, grad, out=self._acc, casting="unsafe")
+            self._first = self._first_ref = None
+        else:
+            np.add(self._acc, grad, out=self._acc, casting="unsafe")
+        self.count += 1
+        self.samples += int(stats["samples"])
+        self.env_steps += int(stats["env_steps"])
+        self.episodes += len(stats["episodes"])
+        v = int(stats["version"])
+        self.version = v if self.version is None else min(self.version, v)
+
+    def meta(self) -> dict:
+        return {"samples": self.samples, "gradients": self.count, "env_steps": self.env_steps,
+                "episodes": self.episodes, "version": self.version,
+                "incarnation": self.incarnation}
+
+    def value(self, put: Callable[[np.ndarray], Any]) -> Any:
+        """The sum as the PS takes it: the single gradient's own object, or put(sum)."""
+        if self.count == 1:
+            return self._first_ref if self._first_ref is not None else put(self._first)
+        return put(self._acc)
+
+
+class NodeAggregator:
+    """Gathers one node's finished segments between two batches."""
+
+    def __init__(self, index: int, node: Optional[str] = None):
+        self.index, self.node = index, node
+        self._sums: dict[Optional[str], GradientSum] = {}
+        self._stats: list[dict] = []
+        self._workers: list[int] = []
+        self._failures: list[tuple[int, str]] = []
+        self.busy_s = 0.0  # time spent adding and putting, for the benchmark
+        self.gradients = 0
+
+    def add(self, worker: int, grad: np.ndarray, stats: dict, ref: Any = None) -> None:
+        t0 = time.perf_counter()
+        inc = stats.get("incarnation")
+        self._sums.setdefault(inc, GradientSum(inc)).add(grad, stats, ref)
+        self._stats.append(stats)
+        self._workers.append(worker)
+        self.gradients += 1
+        self.busy_s += time.perf_counter() - t0
+
+    def fail(self, worker: int, error: str) -> None:
+        self._failures.append((worker, error))
+
+    def has_output(self) -> bool:
+        return bool(self._workers or self._failures)
+
+    def take(self, put: Callable[[np.ndarray], Any] = lambda a: a) -> dict:
+        """Everything since the last batch; the aggregator starts empty again.
+
+        {'parts': [(gradient sum or its object, meta)], 'stats': [segment stats],
+        'workers': [worker indices now waiting], 'failures': [(worker, error)],
+        'aggregator': index, 'node': node id, 'busy_s': seconds spent so far}.
+        """
+        t0 = time.perf_counter()
+        parts = [(s.value(put), s.meta()) for s in self._sums.values()]
+        self.busy_s += time.perf_counter() - t0
+        batch = {"parts": parts, "stats": self._stats, "workers": self._workers,
+                 "failures": self._failures, "aggregator": self.index, "node": self.node,
+                 "busy_s": self.busy_s}
+        self._sums, self._stats, self._workers, self._failures = {}, [], [], []
+        return batch
+
+
+def step_ready(waiting_samples: int, waiting_workers: int, playing_workers: int,
+               samples_per_update: int) -> bool:
+    """Whether the gradients waiting for the PS make an optimizer step now.
+
+    A step takes at least samples_per_update samples, unless no worker is still
+    playing (then nothing more can arrive: a small layout never deadlocks).
+    """
+    if waiting_workers == 0:
+        return False
+    return waiting_samples >= samples_per_update or playing_workers == 0

@@ -1,0 +1,142 @@
+"""The Ray actors: thin shells around the plain classes (imported only with Ray).
+
+* ``ParameterServerActor`` wraps ``ParameterServer``. ``apply`` runs in the default
+  group (one thread: steps are serial); ``status`` and ``save_checkpoint`` run in the
+  ``control`` group, so they answer while a step runs (a save waits for the current
+  step: a checkpoint is one version). Each version's weights are put in the object
+  store once; every apply returns a small handle ``{'incarnation', 'version',
+  'weights': [ref], 'ps': step record}`` that workers receive by reference.
+* ``RolloutWorkerActor`` wraps ``RolloutWorker``: it fetches a version's weights only
+  when its key differs from the one it holds (one fetch per node and version: Ray's
+  object store keeps one copy per node for all its workers).
+* ``AggregatorActor`` (asyncio) wraps ``NodeAggregator``: it submits its node's
+  workers' segments, sums their gradients as they finish, and hands the driver one
+  batch per call of ``next_batch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import ray
+
+from .aggregator import NodeAggregator
+from .metrics import RayMetrics
+from .parameter_server import ParameterServer
+from .worker import RolloutWorker
+
+
+@ray.remote(concurrency_groups={"control": 1})
+class ParameterServerActor:
+    """A restarted PS (Ray's max_restarts) runs __init__ again: a new incarnation that
+    comes back from the latest checkpoint in its directory, if there is one."""
+
+    def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run):
+        self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
+        self.ps.restore_latest_if_any()
+        self.metrics = RayMetrics(run, "ps")
+        self._published = None  # (key, ref) of the newest weights object
+        self.published = 0  # weights objects put, one per version
+
+    def _handle(self) -> dict:
+        key = self.ps.key()
+        if self._published is None or self._published[0] != key:
+            self._published = (key, ray.put(self.ps.weights()["weights"]))
+            self.published += 1
+        inc, version = key
+        return {"incarnation": inc, "version": version, "weights": [self._published[1]]}
+
+    def weights(self) -> dict:
+        return {**self._handle(), "ps": dict(self.ps.last)}
+
+    def apply(self, parts: list) -> dict:
+        """One step on [(gradient ref, meta)]: the refs arrive unresolved, fetched here."""
+        t0 = time.perf_counter()
+        grads = ray.get([ref for ref, _ in parts])
+        t1 = time.perf_counter()
+        rec = self.ps.apply(grads, [m for _, m in parts])
+        del grads
+        t2 = time.perf_counter()
+        handle = self._handle()
+        rec = {**rec, "fetch_s": t1 - t0, "publish_s": time.perf_counter() - t2,
+               "step_s": time.perf_counter() - t0}
+        self.ps.last = rec
+        self.metrics.ps_update(rec)
+        return {**handle, "ps": rec}
+
+    @ray.method(concurrency_group="control")
+    def save_checkpoint(self, extra=None):
+        return self.ps.save_checkpoint(extra)
+
+    @ray.method(concurrency_group="control")
+    def status(self):
+        return {**self.ps.status(), "published": self.published,
+                "node": ray.get_runtime_context().get_node_id()}
+
+
+@ray.remote
+class RolloutWorkerActor:
+    def __init__(self, cfg, index, cpus, run):
+        self.worker = RolloutWorker(cfg, index, cpus=cpus)
+        self.metrics = RayMetrics(run, f"worker-{index}")
+        self.frames_per_step = cfg.frames_per_step
+        self.node = ray.get_runtime_context().get_node_id()
+
+    @ray.method(num_returns=2)
+    def compute_gradients(self, handle):
+        """Play one segment with the weights `handle` names (fetched if new)."""
+        sync_s = 0.0
+        key = (handle["incarnation"], handle["version"])
+        if key != self.worker.key:
+            t0 = time.perf_counter()
+            flat = ray.get(handle["weights"][0])
+            self.worker.sync(key, flat)
+            sync_s = time.perf_counter() - t0
+        grad, stats = self.worker.compute_gradients(sync_s)
+        self.metrics.worker_segment(stats, self.frames_per_step)
+        stats["node"] = self.node
+        return grad, stats
+
+    def ping(self):
+        return self.node
+
+
+@ray.remote(num_cpus=0)
+class AggregatorActor:
+    def __init__(self, index, workers: dict, node=None):
+        self.agg = NodeAggregator(index, node or ray.get_runtime_context().get_node_id())
+        self.workers = workers  # worker index -> actor handle
+        self._ready = asyncio.Event()
+        self._tasks: set = set()
+
+    async def submit(self, indices: list, box: list) -> None:
+        """Start a segment on each worker; box = [ref of the weights handle to use]."""
+        for i in indices:
+            grad_ref, stats_ref = self.workers[i].compute_gradients.remote(box[0])
+            task = asyncio.ensure_future(self._collect(i, grad_ref, stats_ref))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _collect(self, i, grad_ref, stats_ref) -> None:
+        try:
+            stats = await stats_ref
+            grad = await grad_ref
+        except Exception as e:  # the worker (or the PS under its weights) died
+            self.agg.fail(i, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        else:
+            self.agg.add(i, grad, stats, grad_ref)
+        self._ready.set()
+
+    async def next_batch(self, timeout_s: float):
+        """The next batch (see NodeAggregator.take), or None after timeout_s with none."""
+        if not self.agg.has_output():
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                return None
+        return self.agg.take(put=ray.put)
+
+    def ping(self):
+        return self.agg.node

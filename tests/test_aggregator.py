@@ -1,0 +1,62 @@
+"""Per-node aggregation as plain logic: sums, metas, one object for one gradient, the step rule."""
+import numpy as np
+
+from a3c_ray.aggregator import NodeAggregator, step_ready
+
+
+def _stats(version, samples=10, inc="A", episodes=0):
+    return {"version": version, "samples": samples, "env_steps": samples,
+            "episodes": [{}] * episodes, "incarnation": inc}
+
+
+def test_sum_of_several_workers_is_one_float32_vector_with_merged_meta():
+    agg = NodeAggregator(0, "node-1")
+    gs = [np.full(5, i + 1, np.float32) for i in range(3)]
+    for i, g in enumerate(gs):
+        agg.add(i, g, _stats(version=4 - i, episodes=i))
+    b = agg.take()
+    [(total, meta)] = b["parts"]
+    np.testing.assert_array_equal(total, np.full(5, 6.0, np.float32))
+    assert total.dtype == np.float32
+    assert meta == {"samples": 30, "gradients": 3, "env_steps": 30, "episodes": 3,
+                    "version": 2, "incarnation": "A"}
+    assert b["workers"] == [0, 1, 2] and len(b["stats"]) == 3 and b["node"] == "node-1"
+    assert not agg.has_output() and agg.take()["parts"] == []
+    np.testing.assert_array_equal(gs[0], np.full(5, 1.0))  # inputs untouched
+
+
+def test_one_gradient_is_forwarded_as_its_own_object_and_bfloat16_sums_in_float32():
+    import ml_dtypes
+
+    agg = NodeAggregator(0)
+    ref = object()
+    agg.add(7, np.ones(4, ml_dtypes.bfloat16), _stats(1), ref=ref)
+    assert agg.take(put=lambda a: ("copied", a))["parts"][0][0] is ref
+    agg.add(1, np.full(4, 1.5, ml_dtypes.bfloat16), _stats(1))
+    agg.add(2, np.full(4, 2.25, ml_dtypes.bfloat16), _stats(1))
+    total = agg.take()["parts"][0][0]
+    assert total.dtype == np.float32 and np.allclose(total, 3.75)
+
+
+def test_gradients_of_two_ps_incarnations_are_kept_apart():
+    agg = NodeAggregator(0)
+    agg.add(0, np.ones(3, np.float32), _stats(9, inc="old"))
+    agg.add(1, np.ones(3, np.float32), _stats(0, inc="new"))
+    metas = sorted(m["incarnation"] for _, m in agg.take()["parts"])
+    assert metas == ["new", "old"]
+
+
+def test_failures_are_reported_with_the_batch():
+    agg = NodeAggregator(0)
+    agg.fail(3, "RayActorError: died")
+    assert agg.has_output()
+    b = agg.take()
+    assert b["failures"] == [(3, "RayActorError: died")] and b["parts"] == []
+
+
+def test_step_rule():
+    assert not step_ready(40, 4, 12, 80)    # too few samples, others still playing
+    assert step_ready(80, 8, 8, 80)         # enough samples
+    assert step_ready(40, 4, 0, 80)         # nobody else can add: step (no deadlock)
+    assert not step_ready(0, 0, 0, 80)      # nothing waits
+    assert step_ready(10, 1, 15, 1)         # samples_per_update 1: step on whatever waits

@@ -1,5 +1,8 @@
 """Throughput benchmark: ``python -m a3c_ray.bench --env pong --seconds 60 --json out.json``.
 
+(``python -m a3c_ray.bench scale`` measures unit costs and models many workers: see
+``scale.py``.)
+
 Runs the real service (parameter server, rollout workers, driver loop on Ray)
 for a warm-up plus a measured window, for one or several layouts
 (workers x envs per worker), and reports env steps/s, frames/s, updates/s,
@@ -150,7 +153,25 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def _scale_config(args):
+    """Config for ``bench scale`` from its --config/--env/--set (None after an error)."""
+    try:
+        base = load_yaml(args.config or DEFAULT_CONFIG_PATH)
+        ov = dict(parse_override(s) for s in args.set)
+        ov.update({"env.id": args.env, "ray.include_dashboard": False})
+        base = apply_overrides(base, ov)
+        return from_dict(base, source="bench"), base
+    except ConfigError as e:
+        print(f"a3c_ray.bench scale: config error: {e}", file=sys.stderr)
+        return None, None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scale"]:
+        from .scale import main as scale_main
+
+        return scale_main(argv[1:], _scale_config)
     p = argparse.ArgumentParser(prog="python -m a3c_ray.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="pong", help="game (default pong)")

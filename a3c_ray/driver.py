@@ -16,10 +16,12 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -261,6 +263,11 @@ class Trainer:
         self.stop_reason: Optional[str] = None
         self._failures = [0] * n_workers
         self.queue: list[dict] = []  # batches waiting for the PS
+        self._seg_s: collections.deque = collections.deque(maxlen=64)  # segment times
+        self._last_step = 0.0  # when the last step was dispatched
+        # (incarnation, version) of each gradient in the steps dispatched and not yet seen
+        # finished, oldest step first: the per-gradient lag is computed when it finishes.
+        self._dispatched: collections.deque = collections.deque()
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -287,12 +294,11 @@ class Trainer:
             reason = self._should_stop(t_start)
             if reason:
                 break
-            batches, applied = b.poll(timeout=0.5)
+            hold = self._hold()
+            batches, applied = b.poll(timeout=min(0.5, hold) if self.queue else 0.5,
+                                      hold=hold)
             for rec in applied:
-                if "error" in rec:
-                    self._ps_failed(rec["error"])
-                else:
-                    r.update(rec)
+                self._finished(rec)
             for batch in batches:
                 self._take(batch)
             self._maybe_step()
@@ -310,12 +316,12 @@ class Trainer:
         t_end = time.time() + timeout_s
         while (self.queue or self.backend.stepping()) and time.time() < t_end:
             if self.queue and not self.backend.stepping():
-                self.backend.apply(self.queue)
+                self._dispatch()
                 self.queue = []
             _, applied = self.backend.poll(timeout=0.5)  # later batches are not counted
             for rec in applied:
                 if "error" not in rec:
-                    self.reporter.update(rec)
+                    self._finished(rec)
 
     def _take(self, batch: dict) -> None:
         for i, err in batch["failures"]:
@@ -325,15 +331,28 @@ class Trainer:
         for i in batch["workers"]:
             self._failures[i] = 0
         for stats in batch["stats"]:
+            stats["aggregator"] = batch["aggregator"]
             self.reporter.segment(stats)
+            t = stats["time"]
+            self._seg_s.append(t.get("total", 0.0))
         self.queue.append(batch)
         if not self.cfg.workers.wait_for_update:
             # Play on at once with the newest weights the PS has already produced
             # instead of idling for this gradient's step (one more version of lag).
             self.backend.release(batch["workers"], after_apply=False)
 
+    def min_step_interval(self) -> float:
+        """Seconds between step starts: at most max_updates_per_segment per segment time."""
+        g = self.cfg.training.max_updates_per_segment
+        if not g or not self._seg_s:
+            return 0.0
+        return float(statistics.median(self._seg_s)) / g
+
+    def _hold(self) -> float:
+        return max(0.0, self._last_step + self.min_step_interval() - time.time())
+
     def _maybe_step(self) -> None:
-        if not self.queue or self.backend.stepping():
+        if not self.queue or self.backend.stepping() or self._hold() > 0:
             return
         waiting = [i for bt in self.queue for i in bt["workers"]]
         samples = sum(m["samples"] for bt in self.queue for _, m in bt["parts"])
@@ -342,10 +361,26 @@ class Trainer:
         if not step_ready(samples, len(waiting), playing,
                           self.cfg.training.samples_per_update):
             return
-        self.backend.apply(self.queue)
+        self._dispatch()
         if self.cfg.workers.wait_for_update:
             self.backend.release(waiting, after_apply=True)
         self.queue = []
+
+    def _dispatch(self) -> None:
+        self.backend.apply(self.queue)
+        self._last_step = time.time()
+        self._dispatched.append([(st.get("incarnation"), st["version"])
+                                 for bt in self.queue for st in bt["stats"]])
+
+    def _finished(self, rec: dict) -> None:
+        """A step finished (or failed): log it with each of its gradients' lag."""
+        keys = self._dispatched.popleft() if self._dispatched else []
+        if "error" in rec:
+            self._ps_failed(rec["error"])
+            return
+        before = rec["version"] - (1 if rec["status"] == "applied" else 0)
+        lags = [before - v for inc, v in keys if inc == rec.get("incarnation")]
+        self.reporter.update(rec, lags)
 
     def _worker_failed(self, i: int, err: str) -> None:
         """Drop the failed segment and start another (Ray restarts a dead actor)."""
@@ -375,10 +410,12 @@ class Trainer:
             return
         self.ps_incarnation = st["incarnation"]
         self.backend.ps_restarted()
+        self._dispatched.clear()
         self.reporter.resync(st)
         self.reporter.event("ps_restarted", restored_from=st["restored_from"],
                             counters={k: st[k] for k in ("version", "env_steps",
-                                                         "episodes", "updates")})
+                                                         "episodes", "updates",
+                                                         "gradients")})
         print(f"a3c_ray: parameter server restarted from {st['restored_from']}",
               file=sys.stderr, flush=True)
 
@@ -486,7 +523,9 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
         "version", "env_steps", "episodes", "updates")}, cpus=run_cpus(cfg), pid=os.getpid(),
         ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None,
-        ps_pid=start.get("pid"), ps_node=start.get("node"), precision=start["precision"])
+        ps_pid=start.get("pid"), ps_node=start.get("node"), precision=start["precision"],
+        incarnation=start["incarnation"],
+        aggregator_nodes=getattr(backend, "aggregator_nodes", None))
     if cfg.logging.console != "quiet":
         print(f"a3c_ray: {cfg.env.id} | {n} workers x {cfg.training.envs_per_worker} envs | "
               f"{start['precision']} | "

@@ -94,7 +94,8 @@ class Reporter:
                        grad_norm=round(stats.get("grad_norm", 0.0), 5),
                        time={k: round(v, 5) for k, v in stats["time"].items()},
                        rss_mb=stats.get("rss_mb"), pid=stats.get("pid"),
-                       node=stats.get("node"))
+                       node=stats.get("node"), aggregator=stats.get("aggregator"),
+                       incarnation=stats.get("incarnation"))
         if self._tb is not None:
             # Averaged and written at each status tick: nine eager summary writes per
             # segment were half the driver's CPU. Per-segment values stay in log.jsonl.
@@ -102,14 +103,18 @@ class Reporter:
             values["train/grad_norm"] = stats.get("grad_norm", 0.0)
             self._add_means(values)
 
-    def update(self, rec: dict) -> None:
-        """One PS step finished: k sums of worker gradients, their lags, its timing."""
-        self._lags.extend(rec.get("lags") or [])
+    def update(self, rec: dict, lags: Optional[list] = None) -> None:
+        """One PS step finished: k sums of worker gradients, its timing, and `lags`: each
+        gradient's policy lag (PS version at the step minus the version it was computed
+        from). Without `lags`, the PS's per-sum lags (each sum's oldest gradient)."""
+        lags = (rec.get("lags") or []) if lags is None else lags
+        self._lags.extend(lags)
         self.lr = rec.get("lr", self.lr)
         self.version = max(self.version, rec.get("version", 0))
         self.rejected = rec.get("rejected_nonfinite", 0) + rec.get("rejected_stale", 0)
         self.log.write("update", version=rec.get("version"), k=rec.get("k"),
-                       gradients=rec.get("k_applied"), lags=rec.get("lags"),
+                       gradients=rec.get("k_applied"), lags=lags,
+                       sum_lags=rec.get("lags"),
                        status=rec.get("status"), lr=rec.get("lr"),
                        grad_norm=_r(rec.get("grad_norm"), 5),
                        apply_s=_r(rec.get("apply_s"), 5), fetch_s=_r(rec.get("fetch_s"), 5),
@@ -119,8 +124,8 @@ class Reporter:
             values = {"train/lr": rec.get("lr", 0.0),
                       "train/gradients_per_step": rec.get("k_applied", 0),
                       "train/ps_step_ms": 1000 * (rec.get("step_s") or rec.get("apply_s") or 0)}
-            if rec.get("lags"):
-                values["train/policy_lag"] = sum(rec["lags"]) / len(rec["lags"])
+            if lags:
+                values["train/policy_lag"] = sum(lags) / len(lags)
             self._add_means(values)
 
     def _add_means(self, values: dict) -> None:

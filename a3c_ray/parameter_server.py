@@ -183,7 +183,7 @@ class ParameterServer:
             c["version"] += 1
             c["updates"] += 1
             c["gradients"] += sum(int(m["gradients"]) for _, m in keep)
-        self.last = {**c, "lr": self.lr, "k": len(grads),
+        self.last = {**c, "incarnation": self.incarnation, "lr": self.lr, "k": len(grads),
                      "k_applied": sum(int(m["gradients"]) for _, m in keep),
                      "lags": lags, "lag": max(lags) if lags else None, "grad_norm": norm,
                      "status": "applied" if keep else "rejected", "rejected": status,

@@ -106,7 +106,7 @@ class RolloutWorkerActor:
 class AggregatorActor:
     def __init__(self, index, workers: dict, node=None):
         self.agg = NodeAggregator(index, node or ray.get_runtime_context().get_node_id())
-        self.workers = workers  # worker index -> actor handle
+        self.workers = {i: ray.get_actor(name) for i, name in workers.items()}
         self._ready = asyncio.Event()
         self._tasks: set = set()
 
@@ -128,8 +128,14 @@ class AggregatorActor:
             self.agg.add(i, grad, stats, grad_ref)
         self._ready.set()
 
-    async def next_batch(self, timeout_s: float):
-        """The next batch (see NodeAggregator.take), or None after timeout_s with none."""
+    async def next_batch(self, timeout_s: float, hold_s: float = 0.0):
+        """The next batch (see NodeAggregator.take), or None after timeout_s with none.
+
+        hold_s: gather for at least this long first (the driver cannot step before then),
+        so a node sends about one batch per step, not one per gradient.
+        """
+        if hold_s > 0:
+            await asyncio.sleep(hold_s)
         if not self.agg.has_output():
             self._ready.clear()
             try:

@@ -4,9 +4,10 @@ Two backends with one interface, so the driver loop (``driver.Trainer``) is the 
 code in both:
 
     start()                      every worker starts a segment with the PS's weights
-    poll(timeout) -> (batches, applied)
+    poll(timeout, hold) -> (batches, applied)
                                  batches: what aggregators gathered (NodeAggregator.take);
-                                 applied: finished steps' records, or errors
+                                 applied: finished steps' records, or errors;
+                                 hold: no step can start before that many seconds pass
     apply(batches)               one PS step on these batches' sums (at most one in flight)
     release(workers, after_apply) workers play on, with the weights of the step just
                                  dispatched (after_apply) or the newest finished one
@@ -48,7 +49,7 @@ class SerialBackend:
     def start(self) -> None:
         self.release(list(range(len(self.workers))), after_apply=False)
 
-    def poll(self, timeout: float) -> tuple[list[dict], list[dict]]:
+    def poll(self, timeout: float, hold: float = 0.0) -> tuple[list[dict], list[dict]]:
         if self._queue:
             i, w = self._queue.pop(0)
             sync_s = self.workers[i].sync((w["incarnation"], w["version"]), w["weights"])
@@ -120,11 +121,12 @@ class RayBackend:
                 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
                 opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            # Workers by name, not handle: a restarted aggregator looks them up again.
             self.aggregators.append(AggregatorActor.options(**opts).remote(
-                a, {i: self.workers[i] for i in members}, None if node == "all" else node))
+                a, {i: f"a3c-worker-{i}" for i in members}, None if node == "all" else node))
             self.members.append(members)
         self.agg_of = {i: a for a, ms in enumerate(self.members) for i in ms}
-        ray.get([ag.ping.remote() for ag in self.aggregators])
+        self.aggregator_nodes = ray.get([ag.ping.remote() for ag in self.aggregators])
         self._next: dict[Any, int] = {}  # next_batch ref -> aggregator
         self._step: Optional[Any] = None  # the apply in flight
         self._newest: Any = None  # ref of the newest finished weights handle
@@ -137,10 +139,11 @@ class RayBackend:
             ag.submit.remote(self.members[a], [self._latest])
             self._ask(a)
 
-    def _ask(self, a: int) -> None:
-        self._next[self.aggregators[a].next_batch.remote(self.poll_timeout_s)] = a
+    def _ask(self, a: int, hold: float = 0.0) -> None:
+        ref = self.aggregators[a].next_batch.remote(self.poll_timeout_s, hold)
+        self._next[ref] = a
 
-    def poll(self, timeout: float) -> tuple[list[dict], list[dict]]:
+    def poll(self, timeout: float, hold: float = 0.0) -> tuple[list[dict], list[dict]]:
         waiting = list(self._next) + ([self._step] if self._step is not None else [])
         ready, _ = self.ray.wait(waiting, num_returns=1, timeout=timeout)
         if ready:  # everything else that is ready too, in one call
@@ -164,7 +167,7 @@ class RayBackend:
                 b = {"parts": [], "stats": [], "workers": [], "aggregator": a,
                      "failures": [(i, f"aggregator {a} failed: {type(e).__name__}")
                                   for i in self.members[a]]}
-            self._ask(a)
+            self._ask(a, hold)
             if b is not None:
                 batches.append(b)
         return batches, applied
@@ -205,7 +208,7 @@ class RayBackend:
                 time.sleep(1.0)
 
     def health(self) -> dict:
-        """Object-store use on this node (informational: Ray's internal summary)."""
+        """Object-store use (informational: Ray's internal summary)."""
         return {"object_store_mb": object_store_used_mb()}
 
     def shutdown(self) -> None:
@@ -214,13 +217,14 @@ class RayBackend:
 
 
 def object_store_used_mb() -> Optional[float]:
-    """MiB of this node's object store in use, from Ray's memory summary (or None)."""
+    """MiB of object store in use over all nodes, from Ray's memory summary (or None)."""
     import re
 
     try:
+        import ray
         from ray._private.internal_api import memory_summary
 
-        text = memory_summary(stats_only=True)
+        text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     except Exception:  # private API: informational only
         return None
     m = re.search(r"Plasma memory usage (\d+(?:\.\d+)?) MiB", text)

@@ -1,0 +1,140 @@
+"""Many workers through the real service: lag bounded by the step rule, one weights
+object per version, one aggregator per node, control calls that do not queue behind
+steps, and a PS killed while k gradients are queued. Plus the model's own rules."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from conftest import ROOT, log_records, run_driver, wait_until
+
+QUIET = ["--set", "ray.include_dashboard=false", "--console", "quiet",
+         "--set", "logging.console_interval_seconds=2"]
+
+
+def lags_of(run):
+    return [lag for u in log_records(run, "update") for lag in u["lags"]]
+
+
+def test_sixteen_workers_keep_lag_at_most_two(tmp_path):
+    """16 workers x 2 envs (the default's 32 envs): each step takes the 80 samples of
+    about 8 workers, so versions do not race ahead of the workers."""
+    run = tmp_path / "n16"
+    p = run_driver("--env", "CartPole-v1", "--workers", "16", "--total-steps", "8000",
+                   "--run-dir", str(run), "--set", "training.envs_per_worker=2",
+                   "--set", "workers.cpus_per_worker=0.1", *QUIET, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lags = lags_of(run)
+    assert len(lags) >= 700  # every gradient of the run
+    assert np.median(lags) <= 2 and np.percentile(lags, 95) <= 4, np.bincount(lags)
+    ups = log_records(run, "update")
+    assert np.median([u["gradients"] for u in ups]) >= 4  # k-gradient steps
+    stop = log_records(run, "stop")[-1]
+    assert stop["gradients"] == sum(u["gradients"] for u in ups)
+    assert stop["published"] == stop["version"] + 1  # one weights object per version
+
+
+def _cartpole_cfg():
+    from a3c_ray.config import load_config
+
+    return load_config(None, {"env.id": "CartPole-v1"})
+
+
+def test_status_and_checkpoint_answer_while_steps_run(tmp_path):
+    """Control calls run in their own concurrency group: they do not wait for the
+    queue of steps (asserted by completion order, not by time)."""
+    from a3c_ray.ray_actors import ParameterServerActor
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        cfg = _cartpole_cfg()
+        ps = ParameterServerActor.remote(cfg, (4,), 2, str(tmp_path / "ckpt"), 1.0, "t")
+        st = ray.get(ps.status.remote())
+        g = ray.put(np.full(st["num_params"], 0.01, np.float32))
+        meta = {"samples": 1, "gradients": 1, "env_steps": 1, "episodes": 0, "version": 0,
+                "incarnation": st["incarnation"]}
+        steps = [ps.apply.remote([(g, meta)] * 2000) for _ in range(6)]
+        status, ckpt = ps.status.remote(), ps.save_checkpoint.remote()
+        done, _ = ray.wait([status, steps[-1]], num_returns=1)
+        assert done == [status]
+        assert ray.get(status)["incarnation"] == st["incarnation"]
+        path = ray.get(ckpt)
+        ray.get(steps)
+        from a3c_ray.parameter_server import read_identity
+
+        assert read_identity(path)["game"] == "CartPole-v1"
+        assert ray.get(ps.status.remote())["version"] == 6
+    finally:
+        ray.shutdown()
+
+
+def test_three_nodes_one_aggregator_each_and_one_weights_object_per_version(tmp_path):
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "resources": {"ps_node": 1}, "include_dashboard": False})
+    for _ in range(3):
+        cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    run = tmp_path / "run"
+    try:
+        p = run_driver("--env", "CartPole-v1", "--workers", "6", "--address", cluster.address,
+                       "--total-steps", "6000", "--run-dir", str(run),
+                       "--set", "workers.ps_resources={ps_node: 1}",
+                       "--set", "training.envs_per_worker=4", *QUIET, timeout=600)
+    finally:
+        cluster.shutdown()
+    assert p.returncode == 0, p.stderr[-3000:]
+    start = log_records(run, "start")[0]
+    segs = log_records(run, "segment")
+    worker_nodes = {s["node"] for s in segs}
+    assert len(worker_nodes) == 3 and start["ps_node"] not in worker_nodes
+    agg_nodes = start["aggregator_nodes"]
+    assert sorted(agg_nodes) == sorted(worker_nodes)  # one aggregator per node
+    for s in segs:  # each node's segments are carried by that node's aggregator
+        assert agg_nodes[s["aggregator"]] == s["node"]
+    stop = log_records(run, "stop")[-1]
+    assert stop["published"] == stop["version"] + 1 and stop["version"] > 10
+
+
+def test_ps_killed_with_gradients_queued(tmp_path):
+    """Steps of many gradients; the PS is SIGKILLed; a step in flight is lost, never
+    applied twice; after the restart every applied gradient and every worker's weights
+    belong to the new incarnation, and the counters add up."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "a3c_ray.driver", "--env", "CartPole-v1", "--workers", "8",
+         "--time-limit", "5", "--run-dir", str(run), "--set", "training.envs_per_worker=2",
+         "--set", "workers.cpus_per_worker=0.2", "--set", "training.samples_per_update=60",
+         "--set", "checkpoint.interval_minutes=0.05", *QUIET],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        start = wait_until(lambda: log_records(run, "start"), 240, "start")[0]
+        wait_until(lambda: len(log_records(run, "checkpoint")) >= 2, 240, "two checkpoints")
+        os.kill(start["ps_pid"], signal.SIGKILL)
+        restart = wait_until(lambda: log_records(run, "ps_restarted"), 240, "PS restart")[0]
+        wait_until(lambda: len([u for u in log_records(run, "update")
+                                if u["t"] > restart["t"]]) > 30, 240, "steps after restart")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    ups = log_records(run, "update")
+    after = [u for u in ups if u["t"] > restart["t"]]
+    stop = log_records(run, "stop")[-1]
+    restored = restart["counters"]
+    applied = [u for u in after if u["status"] == "applied"]
+    assert stop["version"] == restored["version"] + len(applied)
+    # the PS counted exactly the gradients of the steps the driver saw finish: a step
+    # applied twice (retried) would count twice on the PS and once here
+    assert stop["gradients"] == restored["gradients"] + sum(u["gradients"] for u in applied)
+    assert stop["updates"] == stop["version"]
+    assert np.median([u["gradients"] for u in ups]) >= 2  # steps of several gradients
+    new_inc = {s["incarnation"] for s in log_records(run, "segment")
+               if s["t"] > restart["t"] + 10}
+    assert new_inc and start["incarnation"] not in new_inc

@@ -70,7 +70,6 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
     link_bps = link_gbit * 1e9 / 8
     fetch_s = c["weights_bytes"] / link_bps if remote else 0.0
     upload_s = c["grad_bytes"] / link_bps if remote else 0.0
-    step_s = c["ps_c0"] + c["ps_c1"] * nodes
     interval = c["t_seg"] / updates_per_segment if updates_per_segment else 0.0
     node_of = [i * nodes // workers for i in range(workers)]
     events: list = []  # (time, order, kind, payload)
@@ -81,13 +80,10 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
         heapq.heappush(events, (t, order, kind, payload))
         order += 1
 
-    version, newest_t = 0, 0.0
+    version = 0
     started_version = [0] * workers
-    compute = [0.0] * workers
     for i in range(workers):  # staggered starts, as workers come up one by one
-        d = c["t_seg"] * float(rng.choice(ratios))
-        compute[i] += d
-        push(rng.uniform(0, c["t_seg"]) + d, "done", i)
+        push(rng.uniform(0, c["t_seg"]) + c["t_seg"] * float(rng.choice(ratios)), "done", i)
     queue, stepping, last_start, wake = [], False, -1e9, False
     lags, steps, sums, gradients = [], 0, 0, 0
     t = 0.0
@@ -99,9 +95,7 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
             queue.append((x, started_version[x]))
             if not wait_for_update:
                 started_version[x] = version
-                d = c["t_seg"] * float(rng.choice(ratios))
-                compute[x] += d
-                push(t + c["rpc"] + fetch_s + d, "done", x)
+                push(t + c["rpc"] + fetch_s + c["t_seg"] * float(rng.choice(ratios)), "done", x)
         elif kind == "applied":
             stepping = False
             version += 1
@@ -110,9 +104,8 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
                 lags.append(v_at - v)
                 if wait_for_update:
                     started_version[i] = version
-                    d = c["t_seg"] * float(rng.choice(ratios))
-                    compute[i] += d
-                    push(t + fetch_s + c["rpc"] + d, "done", i)
+                    push(t + fetch_s + c["rpc"] + c["t_seg"] * float(rng.choice(ratios)),
+                         "done", i)
         elif kind == "wake":
             wake = False
         playing = workers - len(queue) if wait_for_update else workers
@@ -130,26 +123,32 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
             steps, sums, gradients = steps + 1, sums + n_sums, gradients + len(queue)
             queue = []
     horizon = min(t, sim_s)
+    lag = np.array(lags or [0])
     grads_per_s = gradients / horizon
-    steps_per_s = steps / horizon
-    loads = {"ps": (steps * c["ps_c0"] + sums * c["ps_c1"]) / horizon,
-             "driver": grads_per_s * c["drv_seg"] + min(2 * sums, gradients) / horizon
-             * c["drv_batch"],
+    out = {"workers": workers, "nodes": nodes, "wait_for_update": wait_for_update,
+           "env_steps_per_s": grads_per_s * c["samples"],
+           # against workers that never wait: each makes a gradient per mean segment time
+           "efficiency": grads_per_s * c["t_seg"] * float(ratios.mean()) / workers,
+           "lag": float(np.median(lag)), "lag_p95": float(np.percentile(lag, 95)),
+           "steps_per_s": steps / horizon, "gradients_per_step": gradients / max(steps, 1),
+           "samples_per_step": gradients / max(steps, 1) * c["samples"]}
+    out.update(_loads(c, nodes, steps / horizon, sums / horizon, grads_per_s, link_bps))
+    return out
+
+
+def _loads(c: dict, nodes: int, steps_per_s: float, sums_per_s: float,
+           grads_per_s: float, link_bps: float) -> dict:
+    """Each component's busy share from its measured unit costs and the rates it sees."""
+    remote = nodes > 1
+    batches_per_s = min(2 * sums_per_s, grads_per_s)  # a node sends 1-2 batches per step
+    loads = {"ps": steps_per_s * c["ps_c0"] + sums_per_s * c["ps_c1"],
+             "driver": grads_per_s * c["drv_seg"] + batches_per_s * c["drv_batch"],
              "aggregator": grads_per_s / nodes * c["agg_c1"]}
-    bytes_in = sums / horizon * c["grad_bytes"] if remote else 0.0
+    bytes_in = sums_per_s * c["grad_bytes"] if remote else 0.0
     bytes_out = steps_per_s * nodes * c["weights_bytes"] if remote else 0.0
     loads["ps_node_link"] = max(bytes_in, bytes_out) / link_bps
     busiest = max(loads, key=loads.get)
-    lag = np.array(lags or [0])
-    return {"workers": workers, "nodes": nodes, "wait_for_update": wait_for_update,
-            "env_steps_per_s": grads_per_s * c["samples"],
-            # compute time over worker time (a worker that never waits has 1)
-            "efficiency": min(1.0, sum(min(x, horizon) for x in compute)
-                              / (workers * horizon)),
-            "lag": float(np.median(lag)), "lag_p95": float(np.percentile(lag, 95)),
-            "steps_per_s": steps_per_s, "gradients_per_step": gradients / max(steps, 1),
-            "samples_per_step": gradients / max(steps, 1) * c["samples"],
-            "busiest": busiest, "busiest_load": loads[busiest], "loads": loads,
+    return {"busiest": busiest, "busiest_load": loads[busiest], "loads": loads,
             "ps_node_bytes_in_per_s": bytes_in, "ps_node_bytes_out_per_s": bytes_out}
 
 

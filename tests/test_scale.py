@@ -138,3 +138,35 @@ def test_ps_killed_with_gradients_queued(tmp_path):
     new_inc = {s["incarnation"] for s in log_records(run, "segment")
                if s["t"] > restart["t"] + 10}
     assert new_inc and start["incarnation"] not in new_inc
+
+
+def _costs(**ov):
+    c = dict(t_seg=0.14, samples=80, ps_c0=0.006, ps_c1=0.001, agg_c1=0.0006,
+             drv_seg=5e-5, drv_batch=8e-4, rpc=7e-4, weights_bytes=6.75e6, grad_bytes=6.75e6)
+    return {**c, **ov}
+
+
+def test_model_without_pacing_shows_lag_growing_with_workers():
+    from a3c_ray.scale import simulate
+
+    ratios = list(np.random.default_rng(1).normal(1, 0.08, 500).clip(0.7, 2))
+    free = [simulate(_costs(), n, 32, 10.0, ratios, updates_per_segment=0)["lag"]
+            for n in (2, 8, 32)]
+    assert free[0] <= 1 < free[1] < free[2]  # one step per gradient: lag ~ N - 1
+    paced = [simulate(_costs(), n, 32, 10.0, ratios, wait_for_update=False)
+             for n in (2, 32, 256)]
+    assert all(m["lag"] <= 2 and m["lag_p95"] <= 4 for m in paced)
+    # more workers: more gradients per step, the PS's load flat, nearly linear throughput
+    assert paced[2]["gradients_per_step"] > 6 * paced[1]["gradients_per_step"]
+    assert paced[2]["loads"]["ps"] < 2 * paced[1]["loads"]["ps"]
+    assert paced[2]["env_steps_per_s"] > 0.9 * 8 * paced[1]["env_steps_per_s"]
+
+
+def test_model_counts_one_sum_per_node_and_one_version_fetch_per_node():
+    from a3c_ray.scale import simulate
+
+    m = simulate(_costs(), 64, 32, 10.0, [1.0], wait_for_update=False)
+    assert m["nodes"] == 2
+    # every step: at most one sum in and one weights version out per node
+    assert m["ps_node_bytes_out_per_s"] == pytest.approx(m["steps_per_s"] * 2 * 6.75e6)
+    assert m["ps_node_bytes_in_per_s"] <= m["ps_node_bytes_out_per_s"] + 1e-6

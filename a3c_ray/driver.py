@@ -248,12 +248,13 @@ def num_workers(cfg: Config) -> int:
 class Trainer:
     """The asynchronous A3C loop over a backend (Ray or serial).
 
-    Batches (one per node aggregator) wait in a queue; when no step is in flight and
-    the queue makes a step (``aggregator.step_ready``), the PS applies all of it at
-    once and the queued workers play on with the weights that step produces
-    (``workers.wait_for_update``) or, without waiting, with the newest weights
-    already made. So at most one step is in flight and a gradient is applied at most
-    one version after the one it was computed from, whatever the number of workers.
+    Batches (one per node aggregator) wait in a queue; when no step is in flight, the
+    queue makes a step (``aggregator.step_ready``) and the pacing interval has passed,
+    the PS applies all of it at once and the queued workers play on with the weights
+    that step produces (``workers.wait_for_update``) or, without waiting, with the
+    newest weights already made. Steps start at most training.max_updates_per_segment
+    times per segment time and each takes every gradient waiting, so policy lag stays
+    about that many versions and the PS's load stays flat whatever the number of workers.
     """
 
     def __init__(self, cfg: Config, backend, reporter, n_workers: int, ps_incarnation: str):
@@ -294,8 +295,8 @@ class Trainer:
             reason = self._should_stop(t_start)
             if reason:
                 break
-            hold = self._hold()
-            batches, applied = b.poll(timeout=min(0.5, hold) if self.queue else 0.5,
+            hold = self._hold()  # wake when the pacing lets a queued step start
+            batches, applied = b.poll(timeout=min(0.5, hold) if self.queue and hold else 0.5,
                                       hold=hold)
             for rec in applied:
                 self._finished(rec)

@@ -93,10 +93,10 @@ class ParameterServer:
         scratch = [[tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in vs]
                    for _, vs in groups] if fused else []
 
-        @tf.function(input_signature=[tf.TensorSpec([sum(sizes)], tf.float32)],
-                     autograph=False)
-        def apply(flat):
-            parts = tf.split(flat, sizes)
+        @tf.function(input_signature=[tf.TensorSpec([sum(sizes)], tf.float32),
+                                      tf.TensorSpec([], tf.float32)], autograph=False)
+        def apply(flat, scale):
+            parts = tf.split(flat * scale, sizes)
             grads = [tf.reshape(p, v.shape) for p, v in zip(parts, variables)]
             i = 0
             for k, (opt, vs) in enumerate(groups):
@@ -170,16 +170,15 @@ class ParameterServer:
                 status["rejected_stale"] = status.get("rejected_stale", 0) + 1
             else:
                 keep.append((g, m))
-        acc, keep = self._sum_finite(keep, status)
+        acc, keep, sq = self._sum_finite(keep, status)
         norm = 0.0
         if keep:
             samples = sum(int(m["samples"]) for _, m in keep)
-            acc *= np.float32(1.0 / samples)
-            norm = float(math.sqrt(float(np.dot(acc, acc))))
+            norm = math.sqrt(sq) / samples
             self.lr = self._lr()
             for opt in self.optimizers.values():
                 opt.learning_rate = self.lr
-            self._apply(acc)
+            self._apply(acc, np.float32(1.0 / samples))
             c["version"] += 1
             c["updates"] += 1
             c["gradients"] += sum(int(m["gradients"]) for _, m in keep)
@@ -202,27 +201,29 @@ class ParameterServer:
                 if int(m[k]) < 0 or (k == "samples" and int(m[k]) == 0):
                     raise ValueError(f"gradient meta {k}={m[k]!r} is out of range")
 
-    def _sum_finite(self, keep: list, status: dict) -> tuple[np.ndarray, list]:
+    def _sum_finite(self, keep: list, status: dict) -> tuple[np.ndarray, list, float]:
         """Sum into the reused accumulator; if the sum is not finite, drop the bad ones.
 
-        One pass per gradient in the common case: finiteness is checked on the sum
-        (NaN and inf survive addition), and only then per gradient.
+        One pass per gradient in the common case: finiteness is checked on the sum's
+        squared norm (NaN and inf survive addition), and only then per gradient.
+        Returns (sum, the gradients in it, its squared norm).
         """
         acc = self._acc
         if not keep:
-            return acc, keep
+            return acc, keep, 0.0
         np.copyto(acc, keep[0][0], casting="unsafe")
         for g, _ in keep[1:]:
             np.add(acc, g, out=acc, casting="unsafe")
-        if math.isfinite(float(np.dot(acc, acc))):
-            return acc, keep
+        sq = float(np.dot(acc, acc))
+        if math.isfinite(sq):
+            return acc, keep, sq
         good = [(g, m) for g, m in keep
                 if math.isfinite(float(np.dot(g.astype(np.float32), g.astype(np.float32))))]
         for _, m in keep:
             if not any(m is m2 for _, m2 in good):
                 self.counters["rejected_nonfinite"] += int(m["gradients"])
                 status["rejected_nonfinite"] = status.get("rejected_nonfinite", 0) + 1
-        return self._sum_finite(good, status) if good else (acc, [])
+        return self._sum_finite(good, status) if good else (acc, [], 0.0)
 
     def status(self) -> dict:
         return {**self.counters, "lr": self.lr, "last": dict(self.last),

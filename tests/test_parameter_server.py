@@ -245,3 +245,27 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     data.write_bytes(data.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="missing or corrupt|cannot be restored"):
         make_ps(tmp_path).restore(path)
+
+
+def test_bfloat16_wire_gradient_is_applied_like_float32(tmp_path):
+    """workers.gradient_dtype=bfloat16 halves the bytes; the PS sums it in float32 and
+    steps within bfloat16's rounding (8 bits of mantissa) of the float32 gradient's step."""
+    import ml_dtypes
+
+    from a3c_ray.worker import RolloutWorker
+
+    flats = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = load_config(None, {"env.id": "CartPole-v1", "workers.gradient_dtype": dtype,
+                                 "training.envs_per_worker": 4, "seed": 3})
+        w = RolloutWorker(cfg, 0, cpus=1)
+        flats[dtype], stats = w.compute_gradients()
+        w.close()
+    assert flats["bfloat16"].dtype == ml_dtypes.bfloat16
+    assert flats["bfloat16"].nbytes * 2 == flats["float32"].nbytes
+    f32 = flats["float32"]
+    err = np.abs(flats["bfloat16"].astype(np.float32) - f32)
+    assert err.max() <= 2 ** -8 * np.abs(f32).max() + 1e-12
+    ps = make_ps(tmp_path)
+    rec = ps.apply([flats["bfloat16"]], [meta(ps, samples=stats["samples"])])
+    assert rec["status"] == "applied" and np.isfinite(ps.weights()["weights"]).all()

@@ -72,7 +72,7 @@ class NodeAggregator:
         self._sums: dict[Optional[str], GradientSum] = {}
         self._stats: list[dict] = []
         self._workers: list[int] = []
-        self._failures: list[tuple[int, str]] = []
+        self._failures: list[tuple[int, str, bool]] = []
         self.busy_s = 0.0  # time spent adding and putting, for the benchmark
         self.gradients = 0
 
@@ -85,8 +85,10 @@ class NodeAggregator:
         self.gradients += 1
         self.busy_s += time.perf_counter() - t0
 
-    def fail(self, worker: int, error: str) -> None:
-        self._failures.append((worker, error))
+    def fail(self, worker: int, error: str, retrying: bool = False) -> None:
+        """A segment failed; retrying: the aggregator starts it again itself (the worker
+        is being restarted by Ray), so the driver only records it."""
+        self._failures.append((worker, error, retrying))
 
     def has_output(self) -> bool:
         return bool(self._workers or self._failures)
@@ -95,7 +97,7 @@ class NodeAggregator:
         """Everything since the last batch; the aggregator starts empty again.
 
         {'parts': [(gradient sum or its object, meta)], 'stats': [segment stats],
-        'workers': [worker indices now waiting], 'failures': [(worker, error)],
+        'workers': [worker indices now waiting], 'failures': [(worker, error, retrying)],
         'aggregator': index, 'node': node id, 'busy_s': seconds spent so far}.
         """
         t0 = time.perf_counter()

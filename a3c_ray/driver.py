@@ -325,8 +325,13 @@ class Trainer:
                     self._finished(rec)
 
     def _take(self, batch: dict) -> None:
-        for i, err in batch["failures"]:
-            self._worker_failed(i, err)
+        for i, err, retrying in batch["failures"]:
+            if retrying:  # its aggregator resubmits once Ray has restarted it
+                self.reporter.event("worker_failed", worker=i, error=err, retrying=True)
+                print(f"a3c_ray: worker {i} is being restarted ({err})", file=sys.stderr,
+                      flush=True)
+            else:
+                self._worker_failed(i, err)
         if not batch["workers"]:
             return
         for i in batch["workers"]:
@@ -393,7 +398,7 @@ class Trainer:
             raise RuntimeError(f"worker {i} failed 20 times in a row; last error: {err}")
         time.sleep(min(0.1 * self._failures[i], 2.0))
         self._check_ps()
-        self.backend.release([i], after_apply=False)
+        self.backend.restart([i])
 
     def _ps_failed(self, err: str) -> None:
         """A step failed (the PS died under it): its gradients are dropped, never retried."""

@@ -23,8 +23,9 @@ import ray
 
 from .aggregator import NodeAggregator
 from .metrics import RayMetrics
-from .parameter_server import ParameterServer
-from .worker import RolloutWorker
+
+#: Seconds an aggregator keeps resubmitting to a worker that Ray is restarting.
+RESTART_PATIENCE_S = 600.0
 
 
 @ray.remote(concurrency_groups={"control": 1})
@@ -33,6 +34,8 @@ class ParameterServerActor:
     comes back from the latest checkpoint in its directory, if there is one."""
 
     def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run):
+        from .parameter_server import ParameterServer  # TF: only in the processes using it
+
         self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
         self.ps.restore_latest_if_any()
         self.metrics = RayMetrics(run, "ps")
@@ -78,6 +81,8 @@ class ParameterServerActor:
 @ray.remote
 class RolloutWorkerActor:
     def __init__(self, cfg, index, cpus, run):
+        from .worker import RolloutWorker
+
         self.worker = RolloutWorker(cfg, index, cpus=cpus)
         self.metrics = RayMetrics(run, f"worker-{index}")
         self.frames_per_step = cfg.frames_per_step
@@ -104,28 +109,60 @@ class RolloutWorkerActor:
 
 @ray.remote(num_cpus=0)
 class AggregatorActor:
-    def __init__(self, index, workers: dict, node=None):
+    """play_on (workers.wait_for_update false): a worker that finishes starts its next
+    segment at once with the newest weights the driver sent (``set_weights``), without
+    a round trip through the driver."""
+
+    def __init__(self, index, workers: dict, node=None, play_on=False):
         self.agg = NodeAggregator(index, node or ray.get_runtime_context().get_node_id())
         self.workers = {i: ray.get_actor(name) for i, name in workers.items()}
+        self.play_on = play_on
+        self._box = None  # [ref of the newest weights handle], for play_on
         self._ready = asyncio.Event()
         self._tasks: set = set()
 
+    def set_weights(self, box: list) -> None:
+        self._box = box
+
     async def submit(self, indices: list, box: list) -> None:
         """Start a segment on each worker; box = [ref of the weights handle to use]."""
+        if self.play_on:
+            self._box = box
         for i in indices:
-            grad_ref, stats_ref = self.workers[i].compute_gradients.remote(box[0])
-            task = asyncio.ensure_future(self._collect(i, grad_ref, stats_ref))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(i, box, 0.0)
 
-    async def _collect(self, i, grad_ref, stats_ref) -> None:
+    def _start(self, i: int, box: list, retrying_since: float) -> None:
+        grad_ref, stats_ref = self.workers[i].compute_gradients.remote(box[0])
+        task = asyncio.ensure_future(self._collect(i, grad_ref, stats_ref, box,
+                                                   retrying_since))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _collect(self, i, grad_ref, stats_ref, box, retrying_since) -> None:
         try:
             stats = await stats_ref
             grad = await grad_ref
+        except ray.exceptions.ActorUnavailableError as e:
+            # Ray is restarting the worker: submit again once it is back, here, instead
+            # of sending the driver one failure per second of its start-up.
+            now = time.time()
+            if not retrying_since:
+                self.agg.fail(i, _text(e), retrying=True)
+                self._ready.set()
+            if now - (retrying_since or now) > RESTART_PATIENCE_S:
+                self.agg.fail(i, _text(e))
+                self._ready.set()
+                return
+            await asyncio.sleep(1.0)
+            self._start(i, self._box if self.play_on and self._box else box,
+                        retrying_since or now)
+            return
         except Exception as e:  # the worker (or the PS under its weights) died
-            self.agg.fail(i, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            self.agg.fail(i, _text(e))
         else:
             self.agg.add(i, grad, stats, grad_ref)
+            if self.play_on and self._box is not None:
+                await self.submit([i], self._box)
         self._ready.set()
 
     async def next_batch(self, timeout_s: float, hold_s: float = 0.0):
@@ -146,3 +183,7 @@ class AggregatorActor:
 
     def ping(self):
         return self.agg.node
+
+
+def _text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"

@@ -11,6 +11,7 @@ code in both:
     apply(batches)               one PS step on these batches' sums (at most one in flight)
     release(workers, after_apply) workers play on, with the weights of the step just
                                  dispatched (after_apply) or the newest finished one
+    restart(workers)             start a segment again after a failure (newest weights)
     stepping() -> bool           a step is in flight
     status() / checkpoint(extra) / health() / shutdown()
 
@@ -67,6 +68,9 @@ class SerialBackend:
     def release(self, workers: list[int], after_apply: bool) -> None:
         self._queue.extend((i, self._newest) for i in workers)
 
+    def restart(self, workers: list[int]) -> None:
+        self.release(workers, after_apply=False)
+
     def stepping(self) -> bool:
         return False
 
@@ -97,6 +101,7 @@ class RayBackend:
         self.ray = ray
         w = cfg.workers
         self.poll_timeout_s = 0.5
+        self.play_on = not w.wait_for_update  # aggregators restart finished workers
         self.ps = ParameterServerActor.options(
             name="a3c-ps", num_cpus=w.ps_cpus, resources=dict(w.ps_resources) or None,
             max_restarts=w.max_restarts, max_task_retries=0,
@@ -123,7 +128,8 @@ class RayBackend:
                 opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
             # Workers by name, not handle: a restarted aggregator looks them up again.
             self.aggregators.append(AggregatorActor.options(**opts).remote(
-                a, {i: f"a3c-worker-{i}" for i in members}, None if node == "all" else node))
+                a, {i: f"a3c-worker-{i}" for i in members}, None if node == "all" else node,
+                self.play_on))
             self.members.append(members)
         self.agg_of = {i: a for a, ms in enumerate(self.members) for i in ms}
         self.aggregator_nodes = ray.get([ag.ping.remote() for ag in self.aggregators])
@@ -156,6 +162,7 @@ class RayBackend:
                     handle = self.ray.get(ref)
                     self._newest = ref
                     applied.append(handle["ps"])
+                    self._broadcast_newest()
                 except self.ray.exceptions.RayError as e:
                     applied.append({"error": f"{type(e).__name__}: "
                                              f"{str(e).splitlines()[0][:200]}"})
@@ -165,7 +172,7 @@ class RayBackend:
                 b = self.ray.get(ref)
             except self.ray.exceptions.RayError as e:  # the aggregator died: Ray restarts it
                 b = {"parts": [], "stats": [], "workers": [], "aggregator": a,
-                     "failures": [(i, f"aggregator {a} failed: {type(e).__name__}")
+                     "failures": [(i, f"aggregator {a} failed: {type(e).__name__}", False)
                                   for i in self.members[a]]}
             self._ask(a, hold)
             if b is not None:
@@ -176,8 +183,20 @@ class RayBackend:
         parts = [p for b in batches for p in b["parts"]]
         self._step = self._latest = self.ps.apply.remote(parts)
 
+    def _broadcast_newest(self) -> None:
+        if self.play_on:  # one small call per node and step
+            for ag in self.aggregators:
+                ag.set_weights.remote([self._newest])
+
     def release(self, workers: list[int], after_apply: bool) -> None:
-        box = [self._latest if after_apply else self._newest]
+        if self.play_on and not after_apply:
+            return  # their aggregator restarted them already, with the newest weights
+        self._submit(workers, [self._latest if after_apply else self._newest])
+
+    def restart(self, workers: list[int]) -> None:
+        self._submit(workers, [self._newest])
+
+    def _submit(self, workers: list[int], box: list) -> None:
         by_agg: dict[int, list[int]] = {}
         for i in workers:
             by_agg.setdefault(self.agg_of[i], []).append(i)
@@ -191,6 +210,7 @@ class RayBackend:
         """After a PS restart: every worker released from now on gets its weights."""
         self._step = None
         self._newest = self._latest = self.ps.weights.remote()
+        self._broadcast_newest()
 
     def checkpoint(self, extra: dict, timeout_s: float = 600.0) -> str:
         return self.ray.get(self.ps.save_checkpoint.remote(extra), timeout=timeout_s)

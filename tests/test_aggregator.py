@@ -51,7 +51,7 @@ def test_failures_are_reported_with_the_batch():
     agg.fail(3, "RayActorError: died")
     assert agg.has_output()
     b = agg.take()
-    assert b["failures"] == [(3, "RayActorError: died")] and b["parts"] == []
+    assert b["failures"] == [(3, "RayActorError: died", False)] and b["parts"] == []
 
 
 def test_step_rule():

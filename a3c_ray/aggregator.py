@@ -1,7 +1,7 @@
 """Gradient aggregation: what one node's workers send to the parameter server.
 
 A node's aggregator runs that node's workers' segments and adds their wire gradients
-(see ``worker.py``: clipped, flat, times the segment's samples) into one float32 sum.
+(see ``worker.py``: flat, times the segment's samples) into one float32 sum.
 When the driver asks for a batch it hands over everything gathered since the last one:
 the sum (one object whatever the number of workers), its merged meta, every segment's
 small statistics, and which workers are now waiting for the next weights. So the PS

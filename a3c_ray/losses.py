@@ -101,25 +101,18 @@ def seed_lr(base_lr: float, episodes: int) -> float:
     return base_lr / float(np.log10(0.01 * episodes + 10.0))
 
 
-def clip_and_flatten(grads: list, group_lengths: list[int], clip_norm: float,
-                     samples: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """The wire form of one segment's gradient: clipped per network, flat, times samples.
+def wire_gradient(grads: list, group_lengths: list[int],
+                  samples: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The wire form of one segment's gradient: flat, times the segment's samples.
 
-    grads: one tensor per variable, ordered network by network; group_lengths: how many
-    variables each network has. Each network's part is clipped to clip_norm by its own
-    global norm (0 = no clip; with separate actor and critic, one norm would be the
-    critic's and starve the actor), then everything is concatenated and multiplied by
-    the segment's sample count, so that a sum of such vectors divided by the sum of
-    their samples is the sample-weighted mean of clipped gradients. Returns (flat,
-    norms before clipping, one per network).
+    A sum of such vectors divided by the sum of their samples is the gradient of the
+    mean loss over all their samples. grads: one tensor per variable, network by
+    network; group_lengths: how many variables each network has. Returns (flat, each
+    network's gradient norm, for the statistics).
     """
-    out, norms, i = [], [], 0
+    norms, i = [], 0
     for n in group_lengths:
-        g = [tf.cast(x, tf.float32) for x in grads[i:i + n]]
-        norm = tf.linalg.global_norm(g)
-        if clip_norm > 0:
-            g, _ = tf.clip_by_global_norm(g, clip_norm, use_norm=norm)
-        out.extend(tf.reshape(x, [-1]) for x in g)
-        norms.append(norm)
+        norms.append(tf.linalg.global_norm([tf.cast(x, tf.float32) for x in grads[i:i + n]]))
         i += n
-    return tf.concat(out, 0) * samples, tf.stack(norms)
+    flat = tf.concat([tf.reshape(tf.cast(x, tf.float32), [-1]) for x in grads], 0)
+    return flat * samples, tf.stack(norms)

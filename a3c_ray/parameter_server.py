@@ -2,10 +2,11 @@
 
 A plain class (the Ray actor in ``ray_actors.py`` wraps it). One optimizer step
 (``apply``) takes the k gradient sums that are waiting: each is a flat float32 (or
-bfloat16) vector holding the sum over its samples of already-clipped per-segment
-gradients (see ``worker.py``), with its sample count. The step's gradient is their
-sample-weighted mean, ``sum(g_i) / sum(n_i)``: k segments of 80 samples in one step
-move the weights as one 240-sample segment would, with the learning rate of one step.
+bfloat16) vector holding the sum over its samples of per-segment gradients (see
+``worker.py``), with its sample count. The step's gradient is their sample-weighted
+mean, ``sum(g_i) / sum(n_i)``, clipped per network to ``training.grad_clip_norm``: the
+gradient of the mean loss over all the step's samples, as one batch of that size would
+give, so 8 segments of 10 samples make the same step as one segment of 80.
 Sums from another PS incarnation (or, if bounded, too stale) and non-finite ones are
 dropped and counted; the version advances once per step. Weights are published as one
 flat float32 vector per version (``weights()``), cached, so every worker and node shares
@@ -87,6 +88,7 @@ class ParameterServer:
         variables = [v for _, vs in groups for v in vs]
         sizes = [int(np.prod(v.shape)) for v in variables]
         fused = self.cfg.training.optimizer == "rmsprop"
+        clip = self.cfg.training.grad_clip_norm
         # TF's fused RMSProp kernel has no momentum-free form: it writes lr * g / sqrt(ms +
         # eps) into a momentum slot (momentum 0 makes that the plain step). Scratch only,
         # rewritten by every step, so it is not checkpointed.
@@ -101,6 +103,11 @@ class ParameterServer:
             i = 0
             for k, (opt, vs) in enumerate(groups):
                 g = grads[i:i + len(vs)]
+                if clip > 0:
+                    # The step's mean, per network: with separate actor and critic, one
+                    # global norm is the critic's (returns of ~100 on CartPole) and
+                    # starves the actor.
+                    g, _ = tf.clip_by_global_norm(g, clip)
                 if fused:
                     _fused_rmsprop(tf, opt, vs, g, scratch[k])
                 else:

@@ -5,8 +5,8 @@ actor that wraps it is in ``ray_actors.py``. ``sync(key, flat)`` loads a weights
 version (keyed by the PS's incarnation and version, so a restarted PS's version 3
 is never mistaken for the old one's); each call of ``compute_gradients()`` plays one
 segment of ``t_max`` steps in each of its envs with batched inference and returns
-the A3C loss gradient on that segment in its wire form (clipped per network, one
-flat vector times the segment's sample count, see ``losses.clip_and_flatten``) plus
+the A3C loss gradient on that segment in its wire form (one flat vector times the
+segment's sample count, see ``losses.wire_gradient``; the PS clips the step) plus
 small statistics (episodes finished, losses, gradient norm, time per section).
 """
 
@@ -28,7 +28,7 @@ class RolloutWorker:
         import tensorflow as tf
 
         from .envs import EnvBatch
-        from .losses import a3c_loss, clip_and_flatten
+        from .losses import a3c_loss, wire_gradient
 
         self.cfg, self.index = cfg, index
         t = cfg.training
@@ -59,7 +59,7 @@ class RolloutWorker:
         net, ent, vcoef = self.net, t.entropy_coef, t.value_loss_coef
         norm_adv = t.normalize_advantages
         group_lengths = [len(vs) for _, vs in net.groups]
-        clip, samples = t.grad_clip_norm, float(t.t_max * t.envs_per_worker)
+        samples = float(t.t_max * t.envs_per_worker)
         wire = tf.bfloat16 if cfg.workers.gradient_dtype == "bfloat16" else tf.float32
         obs_spec = net.obs_spec(self.envs.obs_dtype)
         state_spec = net.state_spec()
@@ -86,7 +86,9 @@ class RolloutWorker:
                 losses = a3c_loss(logits, values, actions, returns, ent, vcoef, policy_mask,
                                   norm_adv)
             grads = tape.gradient(losses["total"], variables)
-            flat, norms = clip_and_flatten(grads, group_lengths, clip, samples)
+            # not clipped here: the PS clips the step's mean (a small segment's gradient
+            # clipped alone would weigh as much as any other, reward or no reward)
+            flat, norms = wire_gradient(grads, group_lengths, samples)
             return tf.cast(flat, wire), norms, losses
 
         @tf.function(input_signature=[obs_spec], autograph=False)

@@ -130,18 +130,14 @@ def test_normalized_advantages_golden():
     assert float(big["policy"]) == pytest.approx(float(out["policy"]), rel=1e-5)
 
 
-def test_clip_and_flatten_golden():
-    """Each network is clipped by its own global norm, then flattened and scaled by the
-    segment's samples: actor [3, 4] (norm 5) -> [0.3, 0.4] at clip 0.5; critic [0.1]
-    (norm 0.1) untouched; times 10 samples."""
+def test_wire_gradient_golden():
+    """Flat, in variable order, times the segment's samples; one norm per network."""
     import numpy as np
     import tensorflow as tf
 
-    from a3c_ray.losses import clip_and_flatten
+    from a3c_ray.losses import wire_gradient
 
     grads = [tf.constant([3.0]), tf.constant([[4.0]]), tf.constant([0.1])]
-    flat, norms = clip_and_flatten(grads, [2, 1], clip_norm=0.5, samples=10.0)
-    np.testing.assert_allclose(flat.numpy(), [3.0, 4.0, 1.0], rtol=1e-6)
+    flat, norms = wire_gradient(grads, [2, 1], samples=10.0)
+    np.testing.assert_allclose(flat.numpy(), [30.0, 40.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(norms.numpy(), [5.0, 0.1], rtol=1e-6)
-    flat, _ = clip_and_flatten(grads, [2, 1], clip_norm=0.0, samples=1.0)
-    np.testing.assert_allclose(flat.numpy(), [3.0, 4.0, 0.1], rtol=1e-6)

@@ -112,6 +112,32 @@ def test_malformed_input_moves_no_counter(tmp_path, bad):
     assert ps.counters == make_ps(tmp_path / "fresh").counters
 
 
+def test_step_mean_is_clipped_per_network(tmp_path):
+    """Golden: a step on a mean of norm >> clip moves the weights as a step on that mean
+    clipped by hand, network by network (actor and critic apart), does. A small step
+    first: RMSProp's first step is the same at any scale, the second is not."""
+    rng = np.random.default_rng(1)
+    ps = make_ps(tmp_path / "clip", **{"training.grad_clip_norm": 0.5})
+    ref = make_ps(tmp_path / "ref", **{"training.grad_clip_norm": 0.0})
+    for v, w in zip(ref.net.variables, ps.net.variables):
+        v.assign(w.numpy())
+    g = 100 * rng.normal(size=ps.num_params).astype(np.float32)
+    clipped, i = g.copy(), 0
+    for _, vs in ps.net.groups:
+        n = sum(int(np.prod(v.shape)) for v in vs)
+        part = clipped[i:i + n]
+        part *= 0.5 / np.linalg.norm(part)
+        i += n
+    small = 1e-3 * rng.normal(size=ps.num_params).astype(np.float32)  # norm < clip
+    step(ps, small)
+    step(ref, small)
+    step(ps, 20 * g, samples=20)
+    step(ref, clipped)
+    np.testing.assert_allclose(ps.weights()["weights"], ref.weights()["weights"], rtol=1e-5,
+                               atol=1e-7)
+    assert ps.last["grad_norm"] == pytest.approx(float(np.linalg.norm(g)), rel=1e-4)
+
+
 def test_lr_follows_seed_schedule_by_episodes(tmp_path):
     ps = make_ps(tmp_path, **{"training.lr_schedule": "seed_log"})
     step(ps, episodes=1000)
@@ -190,7 +216,7 @@ def test_fused_and_keras_rmsprop_paths_agree_in_the_ps(tmp_path):
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    ov = {"training.lr_schedule": "linear",
+    ov = {"training.grad_clip_norm": 0.5, "training.lr_schedule": "linear",
           "training.total_env_steps": 400}
     ps = make_ps(tmp_path, **ov)
     ref = make_ps(tmp_path / "ref", **ov)
@@ -202,8 +228,9 @@ def test_fused_and_keras_rmsprop_paths_agree_in_the_ps(tmp_path):
         step(ps, g, env_steps=100)
         parts = np.split(g, np.cumsum(sizes)[:-1])
         i = 0
-        for name, vs in ref.net.groups:  # the Keras path by hand
+        for name, vs in ref.net.groups:  # the Keras path by hand, clipped per network
             gg = [tf.constant(x.reshape(v.shape)) for x, v in zip(parts[i:i + len(vs)], vs)]
+            gg, _ = tf.clip_by_global_norm(gg, 0.5)
             ref.optimizers[name].learning_rate = ps.lr
             ref.optimizers[name].apply(gg, vs)
             i += len(vs)

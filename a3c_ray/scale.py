@@ -282,8 +282,9 @@ def measure_driver_batch(seconds: float = 4.0) -> dict:
         t_rt.append(time.perf_counter() - t0)
     nxt = agg.next_batch.remote(0.0)
     cpu0, t_end, batches = time.process_time(), time.perf_counter() + seconds, 0
-    while time.perf_counter() < t_end:
+    while time.perf_counter() < t_end:  # what RayBackend.poll and the step do per batch
         ready, _ = ray.wait([nxt], num_returns=1, timeout=1.0)
+        ready, _ = ray.wait([nxt], num_returns=1, timeout=0)
         b = ray.get(ready[0])
         nxt = agg.next_batch.remote(0.0)
         step = ps.apply.remote(b["parts"])

@@ -269,6 +269,7 @@ class Trainer:
         # (incarnation, version) of each gradient in the steps dispatched and not yet seen
         # finished, oldest step first: the per-gradient lag is computed when it finishes.
         self._dispatched: collections.deque = collections.deque()
+        self._restarts: list[tuple[float, int]] = []  # (when, worker) after a failure
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -303,6 +304,7 @@ class Trainer:
             for batch in batches:
                 self._take(batch)
             self._maybe_step()
+            self._restart_due()
             if r.due():
                 r.tick(extra=b.health())
             if interval and time.time() - last_ckpt >= interval:
@@ -396,9 +398,16 @@ class Trainer:
               file=sys.stderr, flush=True)
         if self._failures[i] > 20:
             raise RuntimeError(f"worker {i} failed 20 times in a row; last error: {err}")
-        time.sleep(min(0.1 * self._failures[i], 2.0))
         self._check_ps()
-        self.backend.restart([i])
+        # backing off without stalling the loop (the other workers go on)
+        self._restarts.append((time.time() + min(0.1 * self._failures[i], 2.0), i))
+
+    def _restart_due(self) -> None:
+        now = time.time()
+        due = [i for t, i in self._restarts if t <= now]
+        if due:
+            self._restarts = [(t, i) for t, i in self._restarts if t > now]
+            self.backend.restart(due)
 
     def _ps_failed(self, err: str) -> None:
         """A step failed (the PS died under it): its gradients are dropped, never retried."""

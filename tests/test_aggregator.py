@@ -60,3 +60,25 @@ def test_step_rule():
     assert step_ready(40, 4, 0, 80)         # nobody else can add: step (no deadlock)
     assert not step_ready(0, 0, 0, 80)      # nothing waits
     assert step_ready(10, 1, 15, 1)         # samples_per_update 1: step on whatever waits
+
+
+def test_trainer_steps_on_samples_per_update_in_serial_mode(tmp_path):
+    """The real loop (serial backend): 4 workers of 20 samples and samples_per_update 40
+    make steps of two gradients; every segment the log counts reaches the PS."""
+    from a3c_ray.config import load_config
+    from a3c_ray.driver import train
+    from a3c_ray.metrics import read_log
+
+    cfg = load_config(None, {
+        "env.id": "CartPole-v1", "workers.mode": "serial", "workers.num_workers": 4,
+        "training.envs_per_worker": 4, "training.samples_per_update": 40,
+        "training.max_updates_per_segment": 0, "training.total_env_steps": 4000,
+        "logging.run_dir": str(tmp_path / "run"), "logging.console": "quiet",
+        "logging.tensorboard": False})
+    summary = train(cfg)
+    recs = read_log(tmp_path / "run" / "log.jsonl")
+    ups = [r for r in recs if r["type"] == "update"]
+    segs = [r for r in recs if r["type"] == "segment"]
+    assert [u["gradients"] for u in ups[:-1]] == [2] * (len(ups) - 1)
+    assert summary["gradients"] == len(segs) and summary["env_steps"] == 20 * len(segs)
+    assert all(0 <= lag <= 2 for u in ups for lag in u["lags"])

@@ -225,7 +225,11 @@ class WorkersConfig:
                                "already applied (no idle PS round trip, one more version of "
                                "lag). With every layer adaptive the extra lag collapsed "
                                "Pong's policy (session 12), at no measurable throughput "
-                               "gain.")
+                               "gain on two workers. With many workers a waiting worker "
+                               "idles for its step: the scale model gives 67% efficiency "
+                               "at 256 worker cores waiting, 95% not (docs/scaling.md), "
+                               "so clusters set false; the aggregator then restarts a "
+                               "finished worker at once with the newest weights.")
     max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
     gradient_dtype: str = _f("float32", "Dtype of gradients on the wire (worker -> node "

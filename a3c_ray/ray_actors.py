@@ -117,7 +117,7 @@ class AggregatorActor:
         self.agg = NodeAggregator(index, node or ray.get_runtime_context().get_node_id())
         self.workers = {i: ray.get_actor(name) for i, name in workers.items()}
         self.play_on = play_on
-        self._box = None  # [ref of the newest weights handle], for play_on
+        self._box = None  # [ref of the newest finished weights handle], sent by the driver
         self._ready = asyncio.Event()
         self._tasks: set = set()
 
@@ -154,8 +154,9 @@ class AggregatorActor:
                 self._ready.set()
                 return
             await asyncio.sleep(1.0)
-            self._start(i, self._box if self.play_on and self._box else box,
-                        retrying_since or now)
+            # the newest good weights: the unavailable actor may be the PS that was to
+            # make `box` (its step failed), not the worker
+            self._start(i, self._box or box, retrying_since or now)
             return
         except Exception as e:  # the worker (or the PS under its weights) died
             self.agg.fail(i, _text(e))

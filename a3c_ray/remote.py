@@ -184,9 +184,10 @@ class RayBackend:
         self._step = self._latest = self.ps.apply.remote(parts)
 
     def _broadcast_newest(self) -> None:
-        if self.play_on:  # one small call per node and step
-            for ag in self.aggregators:
-                ag.set_weights.remote([self._newest])
+        """Aggregators learn the newest good weights (one small call per node and step):
+        play_on restarts and resubmissions after a failure use them."""
+        for ag in self.aggregators:
+            ag.set_weights.remote([self._newest])
 
     def release(self, workers: list[int], after_apply: bool) -> None:
         if self.play_on and not after_apply:

@@ -98,7 +98,8 @@ def test_parameter_server_killed_comes_back_from_checkpoint(tmp_path):
     # the PS counted exactly the gradients of the steps the driver saw finish: a step
     # applied twice (a retry) would count twice on the PS and once here
     assert stop_rec["gradients"] == restored["gradients"] + sum(u["gradients"] for u in applied)
-    late = {s["incarnation"] for s in recs(run, "segment") if s["t"] > restart["t"] + 10}
+    after_segs = [s for s in recs(run, "segment") if s["t"] > restart["t"]]
+    late = {s["incarnation"] for s in after_segs[len(after_segs) // 2:]}
     assert late and start["incarnation"] not in late  # nobody kept the old weights
     assert stop_rec["rejected_nonfinite"] == 0
 

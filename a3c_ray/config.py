@@ -224,7 +224,7 @@ class WorkersConfig:
                                "workers); false: it plays on at once with the newest weights "
                                "already applied (no idle PS round trip, one more version of "
                                "lag). With every layer adaptive the extra lag collapsed "
-                               "Pong's policy (session 12), at no measurable throughput "
+                               "Pong's policy (docs/experiments.md), at no measurable throughput "
                                "gain on two workers. With many workers a waiting worker "
                                "idles for its step: the scale model gives 67% efficiency "
                                "at 256 worker cores waiting, 95% not (docs/scaling.md), "

@@ -14,8 +14,9 @@ aggregation, Adamski et al. 2018).
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -23,8 +24,9 @@ import numpy as np
 class GradientSum:
     """A running float32 sum of wire gradients from one PS incarnation, with its meta.
 
-    A sum of one is the worker's own array (and object, if it has one): nothing is copied
-    until a second gradient arrives.
+    A sum of one is the worker's own object: its value is not even needed (``grad`` may
+    be None) until a second gradient arrives; the caller then passes both values
+    (``needs_value``, ``set_first``).
     """
 
     def __init__(self, incarnation: Optional[str]):
@@ -36,8 +38,23 @@ class GradientSum:
         self._first_ref: Any = None
         self._acc: Optional[np.ndarray] = None
 
-    def add(self, grad: np.ndarray, stats: dict, ref: Any = None) -> None:
+    def needs_value(self) -> bool:
+        """Whether the next add needs gradient values (it is not the first)."""
+        return self.count >= 1
+
+    def first_ref(self) -> Any:
+        return self._first_ref if self.count == 1 and self._first is None else None
+
+    def set_first(self, grad: np.ndarray) -> None:
+        if self.count == 1 and self._first is None:
+            self._first = grad
+
+    def add(self, grad: Optional[np.ndarray], stats: dict, ref: Any = None) -> None:
+        if self.count >= 1 and (grad is None or (self.count == 1 and self._first is None)):
+            raise ValueError("a second gradient in a sum needs both values (set_first)")
         if self.count == 0:
+            if grad is None and ref is None:
+                raise ValueError("a gradient needs its value or its object")
             self._first, self._first_ref = grad, ref
         elif self.count == 1:
             self._acc = self._first.astype(np.float32)  # a copy (the first may be read-only)
@@ -65,21 +82,34 @@ class GradientSum:
 
 
 class NodeAggregator:
-    """Gathers one node's finished segments between two batches."""
+    """Gathers one node's finished segments between two batches.
 
-    def __init__(self, index: int, node: Optional[str] = None):
-        self.index, self.node = index, node
-        self._sums: dict[Optional[str], GradientSum] = {}
+    summing=False: each gradient stays its own part (the workers on the PS's own node,
+    whose objects the PS reads from its node's store: a sum there saves no bytes).
+    """
+
+    def __init__(self, index: int, node: Optional[str] = None, summing: bool = True):
+        self.index, self.node, self.summing = index, node, summing
+        self._sums: dict[Any, GradientSum] = {}
         self._stats: list[dict] = []
         self._workers: list[int] = []
         self._failures: list[tuple[int, str, bool]] = []
         self.busy_s = 0.0  # time spent adding and putting, for the benchmark
         self.gradients = 0
 
-    def add(self, worker: int, grad: np.ndarray, stats: dict, ref: Any = None) -> None:
+    def sum_for(self, incarnation: Optional[str]) -> GradientSum:
+        """The sum the next gradient of this PS incarnation goes into."""
+        return self._sums.setdefault(incarnation, GradientSum(incarnation))
+
+    def add(self, worker: int, grad: Optional[np.ndarray], stats: dict,
+            ref: Any = None) -> None:
         t0 = time.perf_counter()
         inc = stats.get("incarnation")
-        self._sums.setdefault(inc, GradientSum(inc)).add(grad, stats, ref)
+        if self.summing:
+            self.sum_for(inc).add(grad, stats, ref)
+        else:
+            self._sums[(inc, len(self._stats))] = part = GradientSum(inc)
+            part.add(grad, stats, ref)
         self._stats.append(stats)
         self._workers.append(worker)
         self.gradients += 1
@@ -120,3 +150,22 @@ def step_ready(waiting_samples: int, waiting_workers: int, playing_workers: int,
     if waiting_workers == 0:
         return False
     return waiting_samples >= samples_per_update or playing_workers == 0
+
+
+def pacing_wait(starts: Sequence[float], now: float, segment_s: float,
+                per_segment: float) -> float:
+    """Seconds until the next step may start: at most `per_segment` step starts in any
+    window of one segment time (segment_s). starts: the recent start times, oldest first.
+
+    A window, not a spacing: a few workers, whose steps come less often than that, are
+    never held back, while many workers, whose gradients would make a step each, get
+    `per_segment` steps per segment time, each taking every gradient waiting; that is
+    what bounds policy lag. Fractional rates: ceil(per_segment) starts per
+    ceil(per_segment) / per_segment segment times.
+    """
+    if not per_segment or segment_s <= 0:
+        return 0.0
+    m = max(1, math.ceil(per_segment))
+    if len(starts) < m:
+        return 0.0
+    return max(0.0, starts[-m] + m * segment_s / per_segment - now)

@@ -191,15 +191,17 @@ class TrainingConfig:
                                  "workers) a step takes them all, so versions, and policy lag, "
                                  "do not grow with the number of workers; each step is then a "
                                  "larger batch. 1: step on whatever waits.", min=1)
-    max_updates_per_segment: float = _f(2.0, "At most this many optimizer steps per "
-                                        "segment time (a worker's median time to play and "
-                                        "compute one segment, measured as the run goes). "
-                                        "Each step takes every gradient waiting, so policy "
-                                        "lag stays about this many versions whatever the "
-                                        "number of workers (with wait_for_update, one less), "
-                                        "and the PS's load falls as workers are added "
-                                        "instead of rising. With two workers steps are "
-                                        "rarer than this anyway. 0: no bound.", min=0.0)
+    max_updates_per_segment: float = _f(2.0, "At most this many optimizer steps start in "
+                                        "any window of one segment time (a worker's median "
+                                        "time to play and compute one segment, measured as "
+                                        "the run goes). Each step takes every gradient "
+                                        "waiting, so policy lag stays about this many "
+                                        "versions whatever the number of workers (with "
+                                        "wait_for_update, one less), and the PS's load falls "
+                                        "as workers are added instead of rising. A window, "
+                                        "not a spacing: a few workers, whose steps come less "
+                                        "often than this, are never held back. 0: no bound.",
+                                        min=0.0)
     total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "
                               "(one step = frame_skip frames); 0 = no limit.", min=0)
     total_episodes: int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)
@@ -236,10 +238,13 @@ class WorkersConfig:
                              "aggregator -> PS); sums are always accumulated in float32. "
                              "'bfloat16' halves the bytes per gradient.",
                              choices=("float32", "bfloat16"))
-    aggregate_per_node: bool = _f(True, "true: one aggregator actor per node sums its "
-                                  "workers' gradients and runs their segments, so the driver "
-                                  "and the PS see nodes, not workers; false: one aggregator "
-                                  "for the whole cluster (on the driver's node).")
+    aggregate_per_node: bool = _f(True, "true: every node but the PS's has an aggregator "
+                                  "actor that runs its workers' segments and sums their "
+                                  "gradients, so the driver and the PS see nodes, not "
+                                  "workers. The workers on the PS's own node (on one machine, "
+                                  "all of them) are run by the driver, and the PS reads their "
+                                  "gradients from its node's object store: a sum there would "
+                                  "save no bytes. false: the driver runs every worker so.")
 
 
 @dataclass(frozen=True)

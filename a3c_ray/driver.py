@@ -4,7 +4,8 @@ Resolves and validates the config (before Ray starts), prepares the run
 directory, starts or joins Ray, creates the parameter server and the rollout
 workers, and runs the asynchronous loop of DESIGN.md:
 
-    batches = wait(node aggregators' batches)      # small stats, gradient sums by ref
+    batches = wait(node aggregators' batches,      # small stats, gradient sums by ref
+                   the PS node's workers' segments) # (their gradients by ref)
     if no step in flight and the queue makes one:
         weights = ps.apply(every queued sum)       # one optimizer step, a reference
         queued workers play on with weights        # one weights object per version
@@ -19,6 +20,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import math
 import os
 import signal
 import statistics
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .aggregator import step_ready
+from .aggregator import pacing_wait, step_ready
 from .config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
                      from_dict, load_yaml, parse_override, resolve_game, save_config,
                      DEFAULT_CONFIG_PATH)
@@ -249,12 +251,13 @@ class Trainer:
     """The asynchronous A3C loop over a backend (Ray or serial).
 
     Batches (one per node aggregator) wait in a queue; when no step is in flight, the
-    queue makes a step (``aggregator.step_ready``) and the pacing interval has passed,
-    the PS applies all of it at once and the queued workers play on with the weights
-    that step produces (``workers.wait_for_update``) or, without waiting, with the
-    newest weights already made. Steps start at most training.max_updates_per_segment
-    times per segment time and each takes every gradient waiting, so policy lag stays
-    about that many versions and the PS's load stays flat whatever the number of workers.
+    queue makes a step (``aggregator.step_ready``) and the pacing allows one
+    (``aggregator.pacing_wait``), the PS applies all of it at once and the queued workers
+    play on with the weights that step produces (``workers.wait_for_update``) or, without
+    waiting, with the newest weights already made. At most
+    training.max_updates_per_segment steps start in any segment time and each takes every
+    gradient waiting, so policy lag stays about that many versions and the PS's load
+    stays flat whatever the number of workers.
     """
 
     def __init__(self, cfg: Config, backend, reporter, n_workers: int, ps_incarnation: str):
@@ -265,7 +268,9 @@ class Trainer:
         self._failures = [0] * n_workers
         self.queue: list[dict] = []  # batches waiting for the PS
         self._seg_s: collections.deque = collections.deque(maxlen=64)  # segment times
-        self._last_step = 0.0  # when the last step was dispatched
+        # when the recent steps were dispatched (the pacing's window)
+        g = cfg.training.max_updates_per_segment
+        self._starts: collections.deque = collections.deque(maxlen=max(1, math.ceil(g)))
         # (incarnation, version) of each gradient in the steps dispatched and not yet seen
         # finished, oldest step first: the per-gradient lag is computed when it finishes.
         self._dispatched: collections.deque = collections.deque()
@@ -349,15 +354,13 @@ class Trainer:
             # instead of idling for this gradient's step (one more version of lag).
             self.backend.release(batch["workers"], after_apply=False)
 
-    def min_step_interval(self) -> float:
-        """Seconds between step starts: at most max_updates_per_segment per segment time."""
-        g = self.cfg.training.max_updates_per_segment
-        if not g or not self._seg_s:
-            return 0.0
-        return float(statistics.median(self._seg_s)) / g
+    def segment_s(self) -> float:
+        """The median time a worker takes to play and compute one segment (so far)."""
+        return float(statistics.median(self._seg_s)) if self._seg_s else 0.0
 
     def _hold(self) -> float:
-        return max(0.0, self._last_step + self.min_step_interval() - time.time())
+        return pacing_wait(self._starts, time.time(), self.segment_s(),
+                           self.cfg.training.max_updates_per_segment)
 
     def _maybe_step(self) -> None:
         if not self.queue or self.backend.stepping() or self._hold() > 0:
@@ -376,7 +379,7 @@ class Trainer:
 
     def _dispatch(self) -> None:
         self.backend.apply(self.queue)
-        self._last_step = time.time()
+        self._starts.append(time.time())
         self._dispatched.append([(st.get("incarnation"), st["version"])
                                  for bt in self.queue for st in bt["stats"]])
 

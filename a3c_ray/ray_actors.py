@@ -10,8 +10,8 @@
   when its key differs from the one it holds (one fetch per node and version: Ray's
   object store keeps one copy per node for all its workers).
 * ``AggregatorActor`` (asyncio) wraps ``NodeAggregator``: it submits its node's
-  workers' segments, sums their gradients as they finish, and hands the driver one
-  batch per call of ``next_batch``.
+  workers' segments, sums their gradients as they finish (fetching one only when it
+  is not alone in its sum), and hands the driver one batch per call of ``next_batch``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import ray
 
 from .aggregator import NodeAggregator
 from .metrics import RayMetrics
+from .remote import RESTART_PATIENCE_S, _text
 
-#: Seconds an aggregator keeps resubmitting to a worker that Ray is restarting.
-RESTART_PATIENCE_S = 600.0
 
 
 @ray.remote(concurrency_groups={"control": 1})
@@ -124,10 +123,13 @@ class AggregatorActor:
     def set_weights(self, box: list) -> None:
         self._box = box
 
-    async def submit(self, indices: list, box: list) -> None:
-        """Start a segment on each worker; box = [ref of the weights handle to use]."""
+    async def submit(self, indices: list, box: list, newest: list = None) -> None:
+        """Start a segment on each worker; box = [ref of the weights handle to use],
+        newest = [ref of the newest finished one] (for resubmissions)."""
         if self.play_on:
             self._box = box
+        elif newest is not None:
+            self._box = newest
         for i in indices:
             self._start(i, box, 0.0)
 
@@ -141,7 +143,7 @@ class AggregatorActor:
     async def _collect(self, i, grad_ref, stats_ref, box, retrying_since) -> None:
         try:
             stats = await stats_ref
-            grad = await grad_ref
+            grad = await self._value_if_needed(stats.get("incarnation"), grad_ref)
         except ray.exceptions.ActorUnavailableError as e:
             # Ray is restarting the worker: submit again once it is back, here, instead
             # of sending the driver one failure per second of its start-up.
@@ -166,6 +168,21 @@ class AggregatorActor:
                 await self.submit([i], self._box)
         self._ready.set()
 
+    async def _value_if_needed(self, incarnation, grad_ref):
+        """The gradient's value if it is not the first of its sum (then the first's
+        value too), else None: a sum of one goes on as the worker's object, never
+        fetched here. Checked again after every wait: a batch may be taken meanwhile."""
+        grad = None
+        while True:
+            s = self.agg.sum_for(incarnation)
+            if grad is None and s.needs_value():
+                grad = await grad_ref
+                continue
+            first = s.first_ref()
+            if first is None:
+                return grad
+            s.set_first(await first)
+
     async def next_batch(self, timeout_s: float, hold_s: float = 0.0):
         """The next batch (see NodeAggregator.take), or None after timeout_s with none.
 
@@ -185,6 +202,3 @@ class AggregatorActor:
     def ping(self):
         return self.agg.node
 
-
-def _text(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"

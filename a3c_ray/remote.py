@@ -29,6 +29,9 @@ from typing import Any, Optional
 from .aggregator import NodeAggregator
 from .config import Config
 
+#: Seconds a worker that Ray is restarting is resubmitted before it counts as failed.
+RESTART_PATIENCE_S = 600.0
+
 
 class SerialBackend:
     """Everything in one process: workers run one after another."""
@@ -91,12 +94,80 @@ class SerialBackend:
             w.close()
 
 
+class LocalCollector:
+    """The workers on the PS's node, run by the driver itself.
+
+    Their gradients reach the PS as the workers' own objects, never fetched by the
+    driver: the PS reads them from its node's object store, so summing them on that node
+    first would save no bytes, only add a process between each worker and its update.
+    Batches have the aggregators' form (``NodeAggregator.take``), one part per gradient.
+    A worker that Ray is restarting is resubmitted here, as an aggregator does.
+    """
+
+    def __init__(self, ray, index: int, workers: dict, node: Optional[str]):
+        self.ray = ray
+        self.agg = NodeAggregator(index, node, summing=False)
+        self.workers = workers  # index -> actor handle
+        self._pending: dict[Any, tuple] = {}  # stats ref -> (worker, grad ref, box, since)
+        self._retry: list[tuple[float, int, float]] = []  # (due, worker, retrying since)
+        self.box: Optional[list] = None  # [ref of the newest good weights handle]
+
+    def submit(self, indices: list, box: list, newest: Optional[list] = None) -> None:
+        if newest is not None:
+            self.box = newest
+        for i in indices:
+            self._start(i, box, 0.0)
+
+    def _start(self, i: int, box: list, since: float) -> None:
+        grad_ref, stats_ref = self.workers[i].compute_gradients.remote(box[0])
+        self._pending[stats_ref] = (i, grad_ref, box, since)
+
+    def refs(self) -> list:
+        return list(self._pending)
+
+    def owns(self, ref) -> bool:
+        return ref in self._pending
+
+    def collect(self, ref) -> None:
+        """A segment's stats are ready (or its task failed)."""
+        i, grad_ref, box, since = self._pending.pop(ref)
+        try:
+            stats = self.ray.get(ref)
+        except self.ray.exceptions.ActorUnavailableError as e:
+            now = time.time()
+            if not since:
+                self.agg.fail(i, _text(e), retrying=True)
+            if now - (since or now) > RESTART_PATIENCE_S:
+                self.agg.fail(i, _text(e))
+            else:
+                self._retry.append((now + 1.0, i, since or now))
+        except self.ray.exceptions.RayError as e:  # the worker or its weights' step died
+            self.agg.fail(i, _text(e))
+        else:
+            self.agg.add(i, None, stats, grad_ref)
+
+    def resubmit_due(self) -> None:
+        now = time.time()
+        due = [(i, since) for t, i, since in self._retry if t <= now]
+        if due:
+            self._retry = [r for r in self._retry if r[0] > now]
+            for i, since in due:
+                self._start(i, self.box, since)
+
+    def take(self) -> Optional[dict]:
+        return self.agg.take() if self.agg.has_output() else None
+
+
 class RayBackend:
+    """Workers on the PS's node are run by the driver (``LocalCollector``); every other
+    node's by its aggregator actor (``workers.aggregate_per_node``), which the driver asks
+    for one batch at a time."""
+
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
                  num_workers: int, run: str = "a3c"):
         import ray
 
-        from .ray_actors import AggregatorActor, ParameterServerActor, RolloutWorkerActor
+        from .ray_actors import ParameterServerActor, RolloutWorkerActor
 
         self.ray = ray
         w = cfg.workers
@@ -114,33 +185,41 @@ class RayBackend:
             for i in range(num_workers)]
         # Fail early (and clearly) if an actor cannot start; learn where workers landed.
         nodes = ray.get([wk.ping.remote() for wk in self.workers])
-        ray.get(self.ps.status.remote())
+        self.ps_node = ray.get(self.ps.status.remote())["node"]
         groups: dict[str, list[int]] = {}
         for i, node in enumerate(nodes):
-            groups.setdefault(node if w.aggregate_per_node else "all", []).append(i)
+            local = node == self.ps_node or not w.aggregate_per_node
+            groups.setdefault("local" if local else node, []).append(i)
+        self.local = LocalCollector(ray, 0, {i: self.workers[i] for i in
+                                             groups.pop("local", [])}, self.ps_node)
         self.aggregators, self.members = [], []
-        for a, (node, members) in enumerate(sorted(groups.items())):
-            opts: dict[str, Any] = dict(name=f"a3c-aggregator-{a}",
-                                        max_restarts=w.max_restarts, max_task_retries=0)
-            if node != "all":
-                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
-            # Workers by name, not handle: a restarted aggregator looks them up again.
-            self.aggregators.append(AggregatorActor.options(**opts).remote(
-                a, {i: f"a3c-worker-{i}" for i in members}, None if node == "all" else node,
-                self.play_on))
+        for a, (node, members) in enumerate(sorted(groups.items()), start=1):
+            self.aggregators.append(self._aggregator(a, node, members, w))
             self.members.append(members)
         self.agg_of = {i: a for a, ms in enumerate(self.members) for i in ms}
-        self.aggregator_nodes = ray.get([ag.ping.remote() for ag in self.aggregators])
+        # the node of each batch's "aggregator" index: 0 is the driver's LocalCollector
+        self.aggregator_nodes = [self.ps_node, *ray.get([ag.ping.remote()
+                                                         for ag in self.aggregators])]
         self._next: dict[Any, int] = {}  # next_batch ref -> aggregator
         self._step: Optional[Any] = None  # the apply in flight
         self._newest: Any = None  # ref of the newest finished weights handle
         self._latest: Any = None  # ref of the newest dispatched one
 
+    def _aggregator(self, index: int, node: str, members: list, w):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .ray_actors import AggregatorActor
+
+        # Workers by name, not handle: a restarted aggregator looks them up again.
+        return AggregatorActor.options(
+            name=f"a3c-aggregator-{index}", max_restarts=w.max_restarts, max_task_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+        ).remote(index, {i: f"a3c-worker-{i}" for i in members}, node, self.play_on)
+
     # ---- the loop's interface -------------------------------------------------
     def start(self) -> None:
         self._newest = self._latest = self.ps.weights.remote()
+        self.local.submit(list(self.local.workers), [self._latest], [self._newest])
         for a, ag in enumerate(self.aggregators):
             ag.submit.remote(self.members[a], [self._latest])
             self._ask(a)
@@ -150,59 +229,83 @@ class RayBackend:
         self._next[ref] = a
 
     def poll(self, timeout: float, hold: float = 0.0) -> tuple[list[dict], list[dict]]:
-        waiting = list(self._next) + ([self._step] if self._step is not None else [])
+        self.local.resubmit_due()
+        step = [self._step] if self._step is not None else []
+        waiting = [*self._next, *self.local.refs(), *step]
+        if not waiting:  # e.g. every worker waits for a restart
+            time.sleep(min(timeout, 0.1))
+            return [], []
         ready, _ = self.ray.wait(waiting, num_returns=1, timeout=timeout)
         if ready:  # everything else that is ready too, in one call
             ready, _ = self.ray.wait(waiting, num_returns=len(waiting), timeout=0)
         batches, applied = [], []
         for ref in ready:
-            if ref is self._step or ref == self._step:
+            if step and ref == step[0]:
                 self._step = None
-                try:
-                    handle = self.ray.get(ref)
-                    self._newest = ref
-                    applied.append(handle["ps"])
-                    self._broadcast_newest()
-                except self.ray.exceptions.RayError as e:
-                    applied.append({"error": f"{type(e).__name__}: "
-                                             f"{str(e).splitlines()[0][:200]}"})
-                continue
-            a = self._next.pop(ref)
-            try:
-                b = self.ray.get(ref)
-            except self.ray.exceptions.RayError as e:  # the aggregator died: Ray restarts it
-                b = {"parts": [], "stats": [], "workers": [], "aggregator": a,
-                     "failures": [(i, f"aggregator {a} failed: {type(e).__name__}", False)
-                                  for i in self.members[a]]}
-            self._ask(a, hold)
-            if b is not None:
-                batches.append(b)
+                applied.append(self._step_done(ref))
+            elif self.local.owns(ref):
+                self.local.collect(ref)
+            else:
+                b = self._batch(ref, hold)
+                if b is not None:
+                    batches.append(b)
+        b = self.local.take()
+        if b is not None:
+            batches.append(b)
         return batches, applied
+
+    def _step_done(self, ref) -> dict:
+        try:
+            handle = self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:
+            return {"error": _text(e)}
+        self._newest = ref
+        self.local.box = [ref]
+        if self.play_on:  # aggregators restart finished workers themselves
+            self._broadcast_newest()
+        return handle["ps"]
+
+    def _batch(self, ref, hold: float) -> Optional[dict]:
+        a = self._next.pop(ref)
+        try:
+            b = self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:  # the aggregator died: Ray restarts it
+            b = {"parts": [], "stats": [], "workers": [], "aggregator": a + 1,
+                 "failures": [(i, f"aggregator {a + 1} failed: {type(e).__name__}", False)
+                              for i in self.members[a]]}
+        self._ask(a, hold)
+        return b
 
     def apply(self, batches: list[dict]) -> None:
         parts = [p for b in batches for p in b["parts"]]
         self._step = self._latest = self.ps.apply.remote(parts)
 
     def _broadcast_newest(self) -> None:
-        """Aggregators learn the newest good weights (one small call per node and step):
-        play_on restarts and resubmissions after a failure use them."""
+        """Aggregators learn the newest good weights (one small call per node): play_on
+        restarts and resubmissions after a failure use them. Waiting workers' submits
+        carry them too."""
+        self.local.box = [self._newest]
         for ag in self.aggregators:
             ag.set_weights.remote([self._newest])
 
     def release(self, workers: list[int], after_apply: bool) -> None:
         if self.play_on and not after_apply:
-            return  # their aggregator restarted them already, with the newest weights
+            # aggregators restarted theirs already, with the newest weights
+            workers = [i for i in workers if i not in self.agg_of]
         self._submit(workers, [self._latest if after_apply else self._newest])
 
     def restart(self, workers: list[int]) -> None:
         self._submit(workers, [self._newest])
 
     def _submit(self, workers: list[int], box: list) -> None:
-        by_agg: dict[int, list[int]] = {}
+        by_agg: dict[Optional[int], list[int]] = {}
         for i in workers:
-            by_agg.setdefault(self.agg_of[i], []).append(i)
+            by_agg.setdefault(self.agg_of.get(i), []).append(i)
         for a, ws in by_agg.items():
-            self.aggregators[a].submit.remote(ws, box)
+            if a is None:
+                self.local.submit(ws, box, [self._newest])
+            else:
+                self.aggregators[a].submit.remote(ws, box, [self._newest])
 
     def stepping(self) -> bool:
         return self._step is not None
@@ -235,6 +338,10 @@ class RayBackend:
     def shutdown(self) -> None:
         for actor in [*self.aggregators, *self.workers, self.ps]:
             self.ray.kill(actor)
+
+
+def _text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 def object_store_used_mb() -> Optional[float]:

@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from .aggregator import pacing_wait, step_ready
 from .config import Config
 
 
@@ -52,9 +53,10 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
     trip), weights_bytes, grad_bytes. seg_ratios: measured segment times divided by their
     median; each simulated segment lasts t_seg times one of them (stragglers included).
 
-    The rule: one step in flight; a step starts when the waiting gradients hold at least
-    samples_per_update samples (or no worker is playing), and not sooner than
-    median(t_seg) / updates_per_segment after the previous start; it takes every sum
+    The rule (the driver's own functions): one step in flight; a step starts when the
+    waiting gradients hold at least samples_per_update samples (or no worker is playing;
+    ``step_ready``) and fewer than updates_per_segment steps started in the last t_seg
+    (``pacing_wait``); it takes every sum
     waiting, one per node. Beyond one node the PS has a node of its own: a node's sum
     crosses the link before the step, each version crosses back once per node before
     its workers play (wait_for_update) or when they next start (otherwise). Returns
@@ -70,7 +72,6 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
     link_bps = link_gbit * 1e9 / 8
     fetch_s = c["weights_bytes"] / link_bps if remote else 0.0
     upload_s = c["grad_bytes"] / link_bps if remote else 0.0
-    interval = c["t_seg"] / updates_per_segment if updates_per_segment else 0.0
     node_of = [i * nodes // workers for i in range(workers)]
     events: list = []  # (time, order, kind, payload)
     order = 0
@@ -84,7 +85,7 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
     started_version = [0] * workers
     for i in range(workers):  # staggered starts, as workers come up one by one
         push(rng.uniform(0, c["t_seg"]) + c["t_seg"] * float(rng.choice(ratios)), "done", i)
-    queue, stepping, last_start, wake = [], False, -1e9, False
+    queue, stepping, starts, wake = [], False, [], False
     lags, steps, sums, gradients = [], 0, 0, 0
     t = 0.0
     while events:
@@ -109,17 +110,19 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
         elif kind == "wake":
             wake = False
         playing = workers - len(queue) if wait_for_update else workers
-        ready = queue and (len(queue) * c["samples"] >= samples_per_update or playing == 0)
+        ready = step_ready(len(queue) * c["samples"], len(queue), playing, samples_per_update)
         if ready and not stepping:
-            if t < last_start + interval:
+            hold = pacing_wait(starts, t, c["t_seg"], updates_per_segment)
+            if hold > 0:
                 if not wake:
-                    push(last_start + interval, "wake")
+                    push(t + hold, "wake")
                     wake = True
                 continue
             n_sums = len({node_of[i] for i, _ in queue})
             dur = c["ps_c0"] + c["ps_c1"] * n_sums
             push(t + c["rpc"] + upload_s + dur, "applied", (list(queue), version))
-            stepping, last_start = True, t
+            stepping = True
+            starts = (starts + [t])[-64:]
             steps, sums, gradients = steps + 1, sums + n_sums, gradients + len(queue)
             queue = []
     horizon = min(t, sim_s)
@@ -248,6 +251,50 @@ def measure_driver_segment(cfg: Config, run_dir: Path, n: int = 4000) -> float:
     return cost
 
 
+def measure_driver_local(workers: int = 16, seconds: float = 4.0) -> float:
+    """Driver CPU seconds per segment of a worker on the PS's node: the real
+    ``LocalCollector`` (submit, wait, stats, batch) against stub workers whose segments
+    cost nothing, plus one stub PS call per batch (what ``RayBackend`` does)."""
+    import ray
+
+    from .remote import LocalCollector
+
+    @ray.remote(num_cpus=0)
+    class StubWorker:
+        def __init__(self, i):
+            self.stats = _stats(i, False)
+
+        @ray.method(num_returns=2)
+        def compute_gradients(self, handle):
+            return None, self.stats
+
+    @ray.remote(num_cpus=0)
+    class StubPS:
+        def apply(self, parts):
+            return {"version": 0, "ps": {}}
+
+    ps = StubPS.remote()
+    local = LocalCollector(ray, 0, {i: StubWorker.remote(i) for i in range(workers)}, None)
+    box = [ray.put({"version": 0})]
+    local.submit(list(local.workers), box)
+    cpu0, t_end, segments = time.process_time(), time.perf_counter() + seconds, 0
+    while time.perf_counter() < t_end:
+        ready, _ = ray.wait(local.refs(), num_returns=1, timeout=1.0)
+        ready, _ = ray.wait(local.refs(), num_returns=len(local.refs()), timeout=0)
+        for ref in ready:
+            local.collect(ref)
+        b = local.take()
+        if b:
+            segments += len(b["workers"])
+            step = ps.apply.remote(b["parts"])
+            local.submit(b["workers"], [step])
+    cpu = (time.process_time() - cpu0) / max(segments, 1)
+    for w in local.workers.values():
+        ray.kill(w)
+    ray.kill(ps)
+    return cpu
+
+
 def measure_driver_batch(seconds: float = 4.0) -> dict:
     """Driver CPU per batch through Ray against stub actors: wait + get of one batch of
     16 segments' stats, one PS call, one release call (what ``RayBackend`` does)."""
@@ -348,6 +395,7 @@ def run(cfg: Config, base: dict, args) -> dict:
             ps = measure_ps(cfg, obs_shape, n_actions, args.ks, args.seconds)
             print("measuring the driver and the aggregator ...", flush=True)
             drv_batch = measure_driver_batch()
+            drv_local = measure_driver_local()
             drv_seg = measure_driver_segment(cfg, Path(tmp))
             agg_c1 = measure_aggregator(ps["num_params"])
         finally:
@@ -374,7 +422,7 @@ def run(cfg: Config, base: dict, args) -> dict:
             "worker_env_steps_per_s_compute": per_core, "ale_env_steps_per_s_per_core": ale,
             "network": net, "service": service, "segment_times": seg_info, "ps": ps,
             "aggregator_s_per_gradient": agg_c1, "driver_s_per_segment_reporter": drv_seg,
-            "driver_batch": drv_batch},
+            "driver_batch": drv_batch, "driver_s_per_ps_node_segment": drv_local},
         "assumed": {"cores_per_node": args.cores_per_node, "link_gbit": args.link_gbit,
                     "ps_node": "its own node beyond one node of workers"},
         "rule": {"wait_for_update": cfg.workers.wait_for_update,
@@ -387,6 +435,7 @@ def run(cfg: Config, base: dict, args) -> dict:
                                              for k, v in ps["by_k"].items()},
         "driver_ms_per_segment": 1000 * (drv_seg + drv_batch["cpu_s_per_batch"]
                                          / drv_batch["segments_per_batch"]),
+        "driver_ms_per_ps_node_segment": 1000 * (drv_seg + drv_local),
         "driver_load_at_256": at_256["loads"]["driver"] if at_256 else None,
         "model": model,
         "model_other_wait_for_update": models[not cfg.workers.wait_for_update],
@@ -422,8 +471,9 @@ def format_scale(res: dict) -> str:
                     res["ps_capacity_gradients_per_s_by_k"].items()) + ")",
         f"  aggregator {1000 * c['agg_c1']:.2f} ms per gradient; driver "
         f"{res['driver_ms_per_segment']:.3f} ms CPU per segment "
-        f"({1000 * c['drv_seg']:.3f} reporter + {1000 * c['drv_batch']:.2f} per batch); "
-        f"actor call {1000 * c['rpc']:.2f} ms",
+        f"({1000 * c['drv_seg']:.3f} reporter + {1000 * c['drv_batch']:.2f} per batch), "
+        f"{res['driver_ms_per_ps_node_segment']:.3f} ms per segment of a worker on the PS's "
+        f"node; actor call {1000 * c['rpc']:.2f} ms",
         f"  weights {c['weights_bytes'] / 2**20:.2f} MiB per version, gradient "
         f"{c['grad_bytes'] / 2**20:.2f} MiB",
         f"assumed: {res['assumed']['cores_per_node']} worker cores per node, "

@@ -1,7 +1,9 @@
 """Per-node aggregation as plain logic: sums, metas, one object for one gradient, the step rule."""
 import numpy as np
 
-from a3c_ray.aggregator import NodeAggregator, step_ready
+import pytest
+
+from a3c_ray.aggregator import NodeAggregator, pacing_wait, step_ready
 
 
 def _stats(version, samples=10, inc="A", episodes=0):
@@ -38,6 +40,26 @@ def test_one_gradient_is_forwarded_as_its_own_object_and_bfloat16_sums_in_float3
     assert total.dtype == np.float32 and np.allclose(total, 3.75)
 
 
+def test_a_lone_gradient_needs_no_value_a_second_needs_both():
+    """What the aggregator actor relies on to forward a node's single gradient unfetched."""
+    agg = NodeAggregator(0)
+    first_ref, second_ref = object(), object()
+    s = agg.sum_for("A")
+    assert not s.needs_value()
+    agg.add(0, None, _stats(3), ref=first_ref)          # value never fetched
+    assert s.needs_value() and s.first_ref() is first_ref
+    with pytest.raises(ValueError, match="set_first"):
+        agg.add(1, np.ones(3, np.float32), _stats(3), ref=second_ref)
+    s.set_first(np.full(3, 2.0, np.float32))
+    assert s.first_ref() is None
+    agg.add(1, np.ones(3, np.float32), _stats(4), ref=second_ref)
+    [(total, meta)] = agg.take()["parts"]
+    np.testing.assert_array_equal(total, np.full(3, 3.0, np.float32))
+    assert meta["gradients"] == 2 and meta["version"] == 3
+    agg.add(2, None, _stats(5), ref=first_ref)          # a new batch: alone again
+    assert agg.take()["parts"][0][0] is first_ref
+
+
 def test_gradients_of_two_ps_incarnations_are_kept_apart():
     agg = NodeAggregator(0)
     agg.add(0, np.ones(3, np.float32), _stats(9, inc="old"))
@@ -60,6 +82,19 @@ def test_step_rule():
     assert step_ready(40, 4, 0, 80)         # nobody else can add: step (no deadlock)
     assert not step_ready(0, 0, 0, 80)      # nothing waits
     assert step_ready(10, 1, 15, 1)         # samples_per_update 1: step on whatever waits
+
+
+def test_pacing_is_a_window_of_one_segment_time_not_a_spacing():
+    seg = 1.0
+    assert pacing_wait([], 5.0, seg, 2.0) == 0.0
+    assert pacing_wait([4.9], 5.0, seg, 2.0) == 0.0          # one start in the window
+    assert pacing_wait([4.5, 4.9], 5.0, seg, 2.0) == pytest.approx(0.5)  # two: wait
+    assert pacing_wait([3.0, 4.9], 5.0, seg, 2.0) == 0.0     # the older one left it
+    assert pacing_wait([4.0, 4.5], 5.0, seg, 1.0) == pytest.approx(0.5)  # 1 per segment
+    assert pacing_wait([4.5, 4.9], 5.0, seg, 1.5) == pytest.approx(0.8333, abs=1e-4)
+    assert pacing_wait([4.9], 5.0, seg, 0.5) == pytest.approx(1.9)       # 1 per 2 segments
+    assert pacing_wait([4.9, 4.95], 5.0, seg, 0) == 0.0      # 0: no bound
+    assert pacing_wait([4.9, 4.95], 5.0, 0.0, 2.0) == 0.0    # no segment time yet
 
 
 def test_trainer_steps_on_samples_per_update_in_serial_mode(tmp_path):

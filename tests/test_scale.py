@@ -1,5 +1,5 @@
 """Many workers through the real service: lag bounded by the step rule, one weights
-object per version, one aggregator per node, control calls that do not queue behind
+object per version, one aggregator per worker node, control calls that do not queue behind
 steps (a PS killed with k gradients queued: test_faults.py). Plus the model's rules."""
 
 import numpy as np
@@ -33,6 +33,10 @@ def test_sixteen_workers_keep_lag_at_most_two(tmp_path):
     stop = log_records(run, "stop")[-1]
     assert stop["gradients"] == sum(u["gradients"] for u in ups)
     assert stop["published"] == stop["version"] + 1  # one weights object per version
+    # one node: no aggregator actor, the driver runs the workers on the PS's node
+    start = log_records(run, "start")[0]
+    assert start["aggregator_nodes"] == [start["ps_node"]]
+    assert {s["aggregator"] for s in log_records(run, "segment")} == {0}
 
 
 def _cartpole_cfg():
@@ -69,10 +73,13 @@ def test_status_and_checkpoint_answer_while_steps_run(tmp_path):
         ray.shutdown()
 
 
-def test_three_nodes_one_aggregator_each_and_one_weights_object_per_version(tmp_path):
+def test_three_nodes_one_aggregator_per_worker_node_and_one_weights_object_per_version(
+        tmp_path):
+    """Workers fill three nodes, the PS's among them: the PS node's workers are run by
+    the driver (batches of "aggregator" 0), each other node's by its own aggregator."""
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "resources": {"ps_node": 1}, "include_dashboard": False})
-    for _ in range(3):
+        "num_cpus": 2, "resources": {"ps_node": 1}, "include_dashboard": False})
+    for _ in range(2):
         cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     run = tmp_path / "run"
@@ -87,11 +94,13 @@ def test_three_nodes_one_aggregator_each_and_one_weights_object_per_version(tmp_
     start = log_records(run, "start")[0]
     segs = log_records(run, "segment")
     worker_nodes = {s["node"] for s in segs}
-    assert len(worker_nodes) == 3 and start["ps_node"] not in worker_nodes
-    agg_nodes = start["aggregator_nodes"]
-    assert sorted(agg_nodes) == sorted(worker_nodes)  # one aggregator per node
-    for s in segs:  # each node's segments are carried by that node's aggregator
+    assert len(worker_nodes) == 3 and start["ps_node"] in worker_nodes
+    agg_nodes = start["aggregator_nodes"]  # 0: the driver, for the PS's node
+    assert agg_nodes[0] == start["ps_node"]
+    assert sorted(agg_nodes[1:]) == sorted(worker_nodes - {start["ps_node"]})
+    for s in segs:  # each node's segments are carried by that node's collector
         assert agg_nodes[s["aggregator"]] == s["node"]
+    assert {s["aggregator"] for s in segs} == {0, 1, 2}
     stop = log_records(run, "stop")[-1]
     assert stop["published"] == stop["version"] + 1 and stop["version"] > 10
 

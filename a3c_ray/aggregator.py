@@ -14,9 +14,8 @@ aggregation, Adamski et al. 2018).
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -152,20 +151,16 @@ def step_ready(waiting_samples: int, waiting_workers: int, playing_workers: int,
     return waiting_samples >= samples_per_update or playing_workers == 0
 
 
-def pacing_wait(starts: Sequence[float], now: float, segment_s: float,
+def pacing_wait(last_start: Optional[float], now: float, segment_s: float,
                 per_segment: float) -> float:
-    """Seconds until the next step may start: at most `per_segment` step starts in any
-    window of one segment time (segment_s). starts: the recent start times, oldest first.
+    """Seconds until the next step may start: steps start at least segment_s /
+    per_segment apart (per_segment steps per segment time; 0: no bound).
 
-    A window, not a spacing: a few workers, whose steps come less often than that, are
-    never held back, while many workers, whose gradients would make a step each, get
-    `per_segment` steps per segment time, each taking every gradient waiting; that is
-    what bounds policy lag. Fractional rates: ceil(per_segment) starts per
-    ceil(per_segment) / per_segment segment times.
+    A spacing, not a window of per_segment starts per segment time: a window lets steps
+    come in bursts, after which many workers waiting for their update idle for most of a
+    segment time and lag's tail grows by one (the scale model: 57% against 67% efficiency
+    at 256 waiting workers, lag p95 4 against 3 with workers that do not wait).
     """
-    if not per_segment or segment_s <= 0:
+    if not per_segment or segment_s <= 0 or last_start is None:
         return 0.0
-    m = max(1, math.ceil(per_segment))
-    if len(starts) < m:
-        return 0.0
-    return max(0.0, starts[-m] + m * segment_s / per_segment - now)
+    return max(0.0, last_start + segment_s / per_segment - now)

@@ -191,17 +191,15 @@ class TrainingConfig:
                                  "workers) a step takes them all, so versions, and policy lag, "
                                  "do not grow with the number of workers; each step is then a "
                                  "larger batch. 1: step on whatever waits.", min=1)
-    max_updates_per_segment: float = _f(2.0, "At most this many optimizer steps start in "
-                                        "any window of one segment time (a worker's median "
-                                        "time to play and compute one segment, measured as "
-                                        "the run goes). Each step takes every gradient "
-                                        "waiting, so policy lag stays about this many "
-                                        "versions whatever the number of workers (with "
-                                        "wait_for_update, one less), and the PS's load falls "
-                                        "as workers are added instead of rising. A window, "
-                                        "not a spacing: a few workers, whose steps come less "
-                                        "often than this, are never held back. 0: no bound.",
-                                        min=0.0)
+    max_updates_per_segment: float = _f(2.0, "At most this many optimizer steps per "
+                                        "segment time (a worker's median time to play and "
+                                        "compute one segment, measured as the run goes): "
+                                        "steps start at least segment time / this apart. "
+                                        "Each step takes every gradient waiting, so policy "
+                                        "lag stays about this many versions whatever the "
+                                        "number of workers (with wait_for_update, one less), "
+                                        "and the PS's load falls as workers are added "
+                                        "instead of rising. 0: no bound.", min=0.0)
     total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "
                               "(one step = frame_skip frames); 0 = no limit.", min=0)
     total_episodes: int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)

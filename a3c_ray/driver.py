@@ -20,7 +20,6 @@ import argparse
 import collections
 import dataclasses
 import json
-import math
 import os
 import signal
 import statistics
@@ -254,8 +253,8 @@ class Trainer:
     queue makes a step (``aggregator.step_ready``) and the pacing allows one
     (``aggregator.pacing_wait``), the PS applies all of it at once and the queued workers
     play on with the weights that step produces (``workers.wait_for_update``) or, without
-    waiting, with the newest weights already made. At most
-    training.max_updates_per_segment steps start in any segment time and each takes every
+    waiting, with the newest weights already made. Steps start at most
+    training.max_updates_per_segment times per segment time and each takes every
     gradient waiting, so policy lag stays about that many versions and the PS's load
     stays flat whatever the number of workers.
     """
@@ -268,9 +267,7 @@ class Trainer:
         self._failures = [0] * n_workers
         self.queue: list[dict] = []  # batches waiting for the PS
         self._seg_s: collections.deque = collections.deque(maxlen=64)  # segment times
-        # when the recent steps were dispatched (the pacing's window)
-        g = cfg.training.max_updates_per_segment
-        self._starts: collections.deque = collections.deque(maxlen=max(1, math.ceil(g)))
+        self._last_step: Optional[float] = None  # when the last step was dispatched
         # (incarnation, version) of each gradient in the steps dispatched and not yet seen
         # finished, oldest step first: the per-gradient lag is computed when it finishes.
         self._dispatched: collections.deque = collections.deque()
@@ -359,7 +356,7 @@ class Trainer:
         return float(statistics.median(self._seg_s)) if self._seg_s else 0.0
 
     def _hold(self) -> float:
-        return pacing_wait(self._starts, time.time(), self.segment_s(),
+        return pacing_wait(self._last_step, time.time(), self.segment_s(),
                            self.cfg.training.max_updates_per_segment)
 
     def _maybe_step(self) -> None:
@@ -379,7 +376,7 @@ class Trainer:
 
     def _dispatch(self) -> None:
         self.backend.apply(self.queue)
-        self._starts.append(time.time())
+        self._last_step = time.time()
         self._dispatched.append([(st.get("incarnation"), st["version"])
                                  for bt in self.queue for st in bt["stats"]])
 

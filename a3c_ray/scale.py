@@ -55,8 +55,8 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
 
     The rule (the driver's own functions): one step in flight; a step starts when the
     waiting gradients hold at least samples_per_update samples (or no worker is playing;
-    ``step_ready``) and fewer than updates_per_segment steps started in the last t_seg
-    (``pacing_wait``); it takes every sum
+    ``step_ready``) and not sooner than t_seg / updates_per_segment after the previous
+    start (``pacing_wait``); it takes every sum
     waiting, one per node. Beyond one node the PS has a node of its own: a node's sum
     crosses the link before the step, each version crosses back once per node before
     its workers play (wait_for_update) or when they next start (otherwise). Returns
@@ -85,7 +85,7 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
     started_version = [0] * workers
     for i in range(workers):  # staggered starts, as workers come up one by one
         push(rng.uniform(0, c["t_seg"]) + c["t_seg"] * float(rng.choice(ratios)), "done", i)
-    queue, stepping, starts, wake = [], False, [], False
+    queue, stepping, last_start, wake = [], False, None, False
     lags, steps, sums, gradients = [], 0, 0, 0
     t = 0.0
     while events:
@@ -112,7 +112,7 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
         playing = workers - len(queue) if wait_for_update else workers
         ready = step_ready(len(queue) * c["samples"], len(queue), playing, samples_per_update)
         if ready and not stepping:
-            hold = pacing_wait(starts, t, c["t_seg"], updates_per_segment)
+            hold = pacing_wait(last_start, t, c["t_seg"], updates_per_segment)
             if hold > 0:
                 if not wake:
                     push(t + hold, "wake")
@@ -121,8 +121,7 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
             n_sums = len({node_of[i] for i, _ in queue})
             dur = c["ps_c0"] + c["ps_c1"] * n_sums
             push(t + c["rpc"] + upload_s + dur, "applied", (list(queue), version))
-            stepping = True
-            starts = (starts + [t])[-64:]
+            stepping, last_start = True, t
             steps, sums, gradients = steps + 1, sums + n_sums, gradients + len(queue)
             queue = []
     horizon = min(t, sim_s)
@@ -237,16 +236,17 @@ def _stats(i: int, episode: bool) -> dict:
 
 
 def measure_driver_segment(cfg: Config, run_dir: Path, n: int = 4000) -> float:
-    """Driver CPU seconds per segment in the Reporter (log, TensorBoard means, episodes)."""
+    """Driver CPU seconds per segment in the Reporter (log, TensorBoard means, episodes),
+    in this thread's CPU time (Ray's threads in this process are not the reporter's)."""
     from .metrics import Reporter
 
     rep = Reporter(cfg, run_dir, {}, stream=open(os.devnull, "w"))
-    t0 = time.process_time()
+    t0 = time.thread_time()
     for i in range(n):
         rep.segment(_stats(i % 16, episode=i % 50 == 0))
         if i % 500 == 0:
             rep.tick(force=True)
-    cost = (time.process_time() - t0) / n
+    cost = (time.thread_time() - t0) / n
     rep.close()
     return cost
 
@@ -268,6 +268,9 @@ def measure_driver_local(workers: int = 16, seconds: float = 4.0) -> float:
         def compute_gradients(self, handle):
             return None, self.stats
 
+        def ping(self):
+            return 0
+
     @ray.remote(num_cpus=0)
     class StubPS:
         def apply(self, parts):
@@ -275,6 +278,7 @@ def measure_driver_local(workers: int = 16, seconds: float = 4.0) -> float:
 
     ps = StubPS.remote()
     local = LocalCollector(ray, 0, {i: StubWorker.remote(i) for i in range(workers)}, None)
+    ray.get([w.ping.remote() for w in local.workers.values()])  # all started: time only work
     box = [ray.put({"version": 0})]
     local.submit(list(local.workers), box)
     cpu0, t_end, segments = time.process_time(), time.perf_counter() + seconds, 0

@@ -84,17 +84,14 @@ def test_step_rule():
     assert step_ready(10, 1, 15, 1)         # samples_per_update 1: step on whatever waits
 
 
-def test_pacing_is_a_window_of_one_segment_time_not_a_spacing():
+def test_pacing_spaces_step_starts_by_a_segment_time_over_the_rate():
     seg = 1.0
-    assert pacing_wait([], 5.0, seg, 2.0) == 0.0
-    assert pacing_wait([4.9], 5.0, seg, 2.0) == 0.0          # one start in the window
-    assert pacing_wait([4.5, 4.9], 5.0, seg, 2.0) == pytest.approx(0.5)  # two: wait
-    assert pacing_wait([3.0, 4.9], 5.0, seg, 2.0) == 0.0     # the older one left it
-    assert pacing_wait([4.0, 4.5], 5.0, seg, 1.0) == pytest.approx(0.5)  # 1 per segment
-    assert pacing_wait([4.5, 4.9], 5.0, seg, 1.5) == pytest.approx(0.8333, abs=1e-4)
-    assert pacing_wait([4.9], 5.0, seg, 0.5) == pytest.approx(1.9)       # 1 per 2 segments
-    assert pacing_wait([4.9, 4.95], 5.0, seg, 0) == 0.0      # 0: no bound
-    assert pacing_wait([4.9, 4.95], 5.0, 0.0, 2.0) == 0.0    # no segment time yet
+    assert pacing_wait(None, 5.0, seg, 2.0) == 0.0                        # first step
+    assert pacing_wait(4.9, 5.0, seg, 2.0) == pytest.approx(0.4)          # 0.5 s apart
+    assert pacing_wait(4.4, 5.0, seg, 2.0) == 0.0
+    assert pacing_wait(4.9, 5.0, seg, 0.5) == pytest.approx(1.9)          # 1 per 2 segments
+    assert pacing_wait(4.9, 5.0, seg, 0) == 0.0                           # 0: no bound
+    assert pacing_wait(4.9, 5.0, 0.0, 2.0) == 0.0                         # no segment time yet
 
 
 def test_trainer_steps_on_samples_per_update_in_serial_mode(tmp_path):

@@ -152,15 +152,20 @@ def step_ready(waiting_samples: int, waiting_workers: int, playing_workers: int,
 
 
 def pacing_wait(last_start: Optional[float], now: float, segment_s: float,
-                per_segment: float) -> float:
+                per_segment: float, workers: int) -> float:
     """Seconds until the next step may start: steps start at least segment_s /
     per_segment apart (per_segment steps per segment time; 0: no bound).
 
+    Only with more workers than per_segment: each worker makes at most one gradient per
+    segment time, so fewer workers keep to the bound on average by themselves, and
+    holding back their steps would only idle them (two workers of 16 envs waited 0.20
+    of their time instead of 0.16, 0.92x the throughput).
     A spacing, not a window of per_segment starts per segment time: a window lets steps
     come in bursts, after which many workers waiting for their update idle for most of a
     segment time and lag's tail grows by one (the scale model: 57% against 67% efficiency
     at 256 waiting workers, lag p95 4 against 3 with workers that do not wait).
     """
-    if not per_segment or segment_s <= 0 or last_start is None:
+    if (not per_segment or workers <= per_segment or segment_s <= 0
+            or last_start is None):
         return 0.0
     return max(0.0, last_start + segment_s / per_segment - now)

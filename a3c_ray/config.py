@@ -199,7 +199,9 @@ class TrainingConfig:
                                         "lag stays about this many versions whatever the "
                                         "number of workers (with wait_for_update, one less), "
                                         "and the PS's load falls as workers are added "
-                                        "instead of rising. 0: no bound.", min=0.0)
+                                        "instead of rising. No more workers than this are "
+                                        "never held back: each makes at most one gradient "
+                                        "per segment time. 0: no bound.", min=0.0)
     total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "
                               "(one step = frame_skip frames); 0 = no limit.", min=0)
     total_episodes: int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)

@@ -357,7 +357,7 @@ class Trainer:
 
     def _hold(self) -> float:
         return pacing_wait(self._last_step, time.time(), self.segment_s(),
-                           self.cfg.training.max_updates_per_segment)
+                           self.cfg.training.max_updates_per_segment, self.n_workers)
 
     def _maybe_step(self) -> None:
         if not self.queue or self.backend.stepping() or self._hold() > 0:

@@ -112,7 +112,7 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
         playing = workers - len(queue) if wait_for_update else workers
         ready = step_ready(len(queue) * c["samples"], len(queue), playing, samples_per_update)
         if ready and not stepping:
-            hold = pacing_wait(last_start, t, c["t_seg"], updates_per_segment)
+            hold = pacing_wait(last_start, t, c["t_seg"], updates_per_segment, workers)
             if hold > 0:
                 if not wake:
                     push(t + hold, "wake")

@@ -85,13 +85,16 @@ def test_step_rule():
 
 
 def test_pacing_spaces_step_starts_by_a_segment_time_over_the_rate():
-    seg = 1.0
-    assert pacing_wait(None, 5.0, seg, 2.0) == 0.0                        # first step
-    assert pacing_wait(4.9, 5.0, seg, 2.0) == pytest.approx(0.4)          # 0.5 s apart
-    assert pacing_wait(4.4, 5.0, seg, 2.0) == 0.0
-    assert pacing_wait(4.9, 5.0, seg, 0.5) == pytest.approx(1.9)          # 1 per 2 segments
-    assert pacing_wait(4.9, 5.0, seg, 0) == 0.0                           # 0: no bound
-    assert pacing_wait(4.9, 5.0, 0.0, 2.0) == 0.0                         # no segment time yet
+    seg, n = 1.0, 16
+    assert pacing_wait(None, 5.0, seg, 2.0, n) == 0.0                     # first step
+    assert pacing_wait(4.9, 5.0, seg, 2.0, n) == pytest.approx(0.4)       # 0.5 s apart
+    assert pacing_wait(4.4, 5.0, seg, 2.0, n) == 0.0
+    assert pacing_wait(4.9, 5.0, seg, 0.5, n) == pytest.approx(1.9)       # 1 per 2 segments
+    assert pacing_wait(4.9, 5.0, seg, 0, n) == 0.0                        # 0: no bound
+    assert pacing_wait(4.9, 5.0, 0.0, 2.0, n) == 0.0                      # no segment time yet
+    # no more workers than the bound: they keep to it by themselves, never held back
+    assert pacing_wait(4.9, 5.0, seg, 2.0, 2) == 0.0
+    assert pacing_wait(4.9, 5.0, seg, 2.0, 3) == pytest.approx(0.4)
 
 
 def test_trainer_steps_on_samples_per_update_in_serial_mode(tmp_path):

@@ -49,7 +49,8 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
 
     c: measured costs, seconds unless named otherwise: t_seg (a worker's compute time per
     segment), samples (per segment), ps_c0, ps_c1 (PS step = c0 + c1 * sums), agg_c1
-    (aggregator per gradient), drv_seg, drv_batch (driver CPU), rpc (a call's round
+    (aggregator per gradient), drv_seg, drv_batch, drv_local (driver CPU per segment,
+    per aggregator batch, per segment of a worker it runs itself), rpc (a call's round
     trip), weights_bytes, grad_bytes. seg_ratios: measured segment times divided by their
     median; each simulated segment lasts t_seg times one of them (stragglers included).
 
@@ -118,7 +119,8 @@ def simulate(c: dict, workers: int, cores_per_node: int, link_gbit: float,
                     push(t + hold, "wake")
                     wake = True
                 continue
-            n_sums = len({node_of[i] for i, _ in queue})
+            # one node: its workers are on the PS's node, each gradient its own part
+            n_sums = len({node_of[i] for i, _ in queue}) if remote else len(queue)
             dur = c["ps_c0"] + c["ps_c1"] * n_sums
             push(t + c["rpc"] + upload_s + dur, "applied", (list(queue), version))
             stepping, last_start = True, t
@@ -143,9 +145,13 @@ def _loads(c: dict, nodes: int, steps_per_s: float, sums_per_s: float,
     """Each component's busy share from its measured unit costs and the rates it sees."""
     remote = nodes > 1
     batches_per_s = min(2 * sums_per_s, grads_per_s)  # a node sends 1-2 batches per step
-    loads = {"ps": steps_per_s * c["ps_c0"] + sums_per_s * c["ps_c1"],
-             "driver": grads_per_s * c["drv_seg"] + batches_per_s * c["drv_batch"],
-             "aggregator": grads_per_s / nodes * c["agg_c1"]}
+    loads = {"ps": steps_per_s * c["ps_c0"] + sums_per_s * c["ps_c1"]}
+    if remote:  # the PS has a node of its own: every worker node has an aggregator
+        loads["driver"] = grads_per_s * c["drv_seg"] + batches_per_s * c["drv_batch"]
+        loads["aggregator"] = grads_per_s / nodes * c["agg_c1"]
+    else:  # the workers are on the PS's node: the driver runs them itself
+        loads["driver"] = grads_per_s * (c["drv_seg"] + c["drv_local"])
+        loads["aggregator"] = 0.0
     bytes_in = sums_per_s * c["grad_bytes"] if remote else 0.0
     bytes_out = steps_per_s * nodes * c["weights_bytes"] if remote else 0.0
     loads["ps_node_link"] = max(bytes_in, bytes_out) / link_bps
@@ -407,7 +413,7 @@ def run(cfg: Config, base: dict, args) -> dict:
     wire = 2 if cfg.workers.gradient_dtype == "bfloat16" else 4
     costs = {"t_seg": samples / per_core, "samples": samples, "ps_c0": ps["c0_s"],
              "ps_c1": ps["c1_s"], "agg_c1": agg_c1, "drv_seg": drv_seg,
-             "drv_batch": drv_batch["cpu_s_per_batch"],
+             "drv_batch": drv_batch["cpu_s_per_batch"], "drv_local": drv_local,
              "rpc": drv_batch["rpc_round_trip_s"],
              "weights_bytes": 4 * ps["num_params"], "grad_bytes": wire * ps["num_params"]}
     t = cfg.training

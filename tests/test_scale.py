@@ -107,7 +107,7 @@ def test_three_nodes_one_aggregator_per_worker_node_and_one_weights_object_per_v
 
 def _costs(**ov):
     c = dict(t_seg=0.14, samples=80, ps_c0=0.006, ps_c1=0.001, agg_c1=0.0006,
-             drv_seg=5e-5, drv_batch=8e-4, rpc=7e-4, weights_bytes=6.75e6, grad_bytes=6.75e6)
+             drv_seg=5e-5, drv_batch=8e-4, drv_local=1e-3, rpc=7e-4, weights_bytes=6.75e6, grad_bytes=6.75e6)
     return {**c, **ov}
 
 

@@ -364,6 +364,23 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    """A key given twice is an error, not a silent override by the later one."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (also at line {seen[key] + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        _mapping_without_duplicates)
+
+
 def _safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
 
@@ -390,8 +407,9 @@ def load_yaml(path: Union[str, Path]) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'section.key=value' -> ('section.key', parsed YAML scalar)."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
+    """'section.key=value' (or 'seed=value') -> (key, parsed YAML scalar)."""
+    if "=" not in text or ("." not in text.split("=", 1)[0]
+                           and text.split("=", 1)[0].strip() != "seed"):
         raise ConfigError(f"--set {text!r}: use section.key=value, e.g. training.lr=0.0005")
     key, raw = text.split("=", 1)
     try:
@@ -576,9 +594,23 @@ def save_config(cfg: Config, path: Union[str, Path]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file, fsync it, rename it over `path`, fsync the directory:
+    after a crash `path` holds the old text or the new, never a part (and a full disk
+    raises here, before the old text is replaced)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def field_docs() -> dict[str, str]:

@@ -44,6 +44,10 @@ CONFIG_CASES = {  # YAML text -> what the one line must say
                          "model.conv_filters: the 'nature' torso has three convolutions"),
     "conv_filters_three": ("model:\n  torso: a3c\n  conv_filters: [16, 32, 64]\n",
                            "model.conv_filters: the 'a3c' torso has two convolutions"),
+    "duplicate_key": ("training:\n  lr: 0.001\n  t_max: 5\n  lr: 0.1\n",
+                      "duplicate key 'lr' (also at line 2)"),
+    "duplicate_section": ("training:\n  lr: 0.001\ntraining:\n  t_max: 5\n",
+                          "duplicate key 'training'"),
     "universe_no_filters": ("model:\n  torso: universe\n  conv_filters: []\n",
                             "model.conv_filters: the 'universe' torso takes one to six"),
 }
@@ -53,6 +57,7 @@ FLAG_CASES = {
     "steps_word": (["--total-steps", "ten"], "--total-steps must be an integer"),
     "set_no_dot": (["--set", "nodot=1"], "use section.key=value"),
     "set_bad_type": (["--set", "training.t_max=abc"], "training.t_max: must be an integer"),
+    "set_seed_negative": (["--set", "seed=-3"], "seed: must be >= 0"),
     "seed_actions_cartpole": (["--env", "CartPole-v1", "--set", "env.action_set=seed"],
                               "Atari games only"),
     "missing_config": (["--config", "does/not/exist.yaml"], "not found"),

@@ -34,6 +34,33 @@ def test_overrides_apply():
     assert cfg.env.id == "pong" and cfg.training.lr == 5e-4 and cfg.workers.num_workers == 3
 
 
+def test_every_key_help_lists_can_be_set_with_set():
+    """`--set KEY=VALUE` reaches every key --help documents, the top-level seed too."""
+    import yaml
+
+    from a3c_ray.config import parse_override
+
+    defaults = load_config().to_dict()
+    for key in field_docs():
+        section, _, name = key.rpartition(".")
+        value = defaults[section][name] if section else defaults[name]
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        k, v = parse_override(f"{key}={text}")
+        got = load_config(None, {k: v}).to_dict()
+        assert (got[section][name] if section else got[name]) == value, key
+    assert load_config(None, dict([parse_override("seed=7")])).seed == 7
+
+
+def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
+    from a3c_ray.config import atomic_write_text
+
+    target = tmp_path / "latest.json"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new text")
+    assert target.read_text() == "new text"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["latest.json"]
+
+
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     # YAML 1.1 (PyYAML's safe_load) reads 1e-10 as a string; users write it anyway.
     from a3c_ray.config import parse_override

@@ -271,7 +271,8 @@ class RayConfig:
     address: Optional[str] = _f(None, "Ray cluster address ('auto' or host:port); None starts "
                                 "an embedded local Ray sized to this machine (RAY_ADDRESS "
                                 "also selects a cluster).")
-    namespace: Optional[str] = _f(None, "Ray namespace; default a3c-<run name>.")
+    namespace: Optional[str] = _f(None, "Ray namespace; default a3c-<run name>-<random>, unique per driver (the start record "
+                                 "in log.jsonl names it).")
     include_dashboard: bool = _f(True, "Start the Ray dashboard with a local Ray.")
     dashboard_host: str = _f("127.0.0.1", "Dashboard bind address (keep it on localhost; "
                              "reach it through an SSH tunnel).")

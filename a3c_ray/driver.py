@@ -32,6 +32,7 @@ from .aggregator import pacing_wait, step_ready
 from .config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
                      from_dict, load_yaml, parse_override, resolve_game, save_config,
                      DEFAULT_CONFIG_PATH)
+from .run_lock import RunLock, RunLockError
 
 EXIT_CONFIG = 2
 
@@ -178,11 +179,27 @@ def run_cpus(cfg: Config) -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
+def ray_namespace(cfg: Config, run_name: str) -> str:
+    """ray.namespace, or a3c-<run name>-<random>: unique per driver, so two runs named
+    alike on one cluster never share the named actors (a3c-ps, a3c-worker-N)."""
+    global _NAMESPACE
+    if cfg.ray.namespace:
+        return cfg.ray.namespace
+    if _NAMESPACE is None or not _NAMESPACE.startswith(f"a3c-{run_name}-"):
+        import uuid
+
+        _NAMESPACE = f"a3c-{run_name}-{uuid.uuid4().hex[:6]}"
+    return _NAMESPACE
+
+
+_NAMESPACE: Optional[str] = None
+
+
 def start_ray(cfg: Config, run_name: str) -> None:
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    namespace = cfg.ray.namespace or f"a3c-{run_name}"
+    namespace = ray_namespace(cfg, run_name)
     env_vars = {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL",
                                            "CUDA_VISIBLE_DEVICES")}
     if address:
@@ -489,7 +506,6 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
 
 def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     from .envs import EnvBatch
-    from .metrics import Reporter
 
     # Everything that can be wrong is checked before anything is written or started.
     run_dir = run_dir_for(cfg)
@@ -503,6 +519,18 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     if cfg.workers.mode == "ray":
         check_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         check_local_cpus(cfg)
+    lock = RunLock(run_dir)  # one driver per run directory
+    lock.acquire()
+    try:
+        return _run(cfg, resume, stream, signals, run_dir, ckpt_dir, obs_shape, n_actions)
+    finally:
+        lock.release()
+
+
+def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
+         ckpt_dir: str, obs_shape: tuple, n_actions: int) -> dict:
+    from .metrics import Reporter
+
     cfg = cfg.replace(logging=dataclasses.replace(cfg.logging, run_dir=str(run_dir)))
     Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -538,6 +566,7 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     reporter.event("start", resume=resume, workers=n, counters={k: start[k] for k in (
         "version", "env_steps", "episodes", "updates")}, cpus=run_cpus(cfg), pid=os.getpid(),
         ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None,
+        ray_namespace=ray_namespace(cfg, run_dir.name) if cfg.workers.mode == "ray" else None,
         ps_pid=start.get("pid"), ps_node=start.get("node"), precision=start["precision"],
         incarnation=start["incarnation"],
         aggregator_nodes=getattr(backend, "aggregator_nodes", None))
@@ -610,7 +639,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_CONFIG
     try:
         summary = train(cfg, resume=bool(args.resume))
-    except (ConfigError, RunError, CheckpointError) as e:
+    except (ConfigError, RunError, CheckpointError, RunLockError) as e:
         print(f"a3c_ray: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if cfg.logging.console == "json":

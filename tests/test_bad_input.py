@@ -180,5 +180,29 @@ def test_new_run_refuses_existing_run_dir(short_run, tmp_path):
     assert tree_digest(target) == before
 
 
+def test_second_driver_on_a_run_dir_is_refused(short_run, tmp_path):
+    """A live driver's lock (here a live process's) refuses a second --resume, and the
+    run, lock included, is left as it was."""
+    import json
+    import socket
+
+    from a3c_ray.run_lock import _start_time
+
+    target = tmp_path / "run"
+    shutil.copytree(short_run, target)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (target / "driver.lock").write_text(json.dumps({
+            "host": socket.gethostname(), "pid": holder.pid,
+            "started": _start_time(holder.pid), "since": time.time()}))
+        before = tree_digest(target)
+        p, sec = run(["--resume", str(target), "--total-steps", "10"])
+        assert_one_line_error(p, sec, f"a driver (pid {holder.pid}")
+        assert tree_digest(target) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_at_least_thirty_bad_inputs():
-    assert len(CONFIG_CASES) + len(FLAG_CASES) + len(RESUME_CASES) + 2 >= 30
+    assert len(CONFIG_CASES) + len(FLAG_CASES) + len(RESUME_CASES) + 3 >= 30

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from a3c_ray.metrics import read_log
-from conftest import ROOT
+from conftest import ROOT, log_records
 
 METRICS_PORT = 18481
 DASHBOARD_PORT = 18465
@@ -127,7 +127,8 @@ def test_actors_named_and_alive_in_state_api(live_run):
     names = {a["name"] for a in actors}
     assert {"a3c-ps", "a3c-worker-0", "a3c-worker-1"} <= names, names
     namespaces = {a["ray_namespace"] for a in actors if (a.get("name") or "").startswith("a3c-")}
-    assert namespaces == {f"a3c-{live_run[0].name}"}
+    ns = log_records(live_run[0], "start")[0]["ray_namespace"]
+    assert namespaces == {ns} and ns.startswith(f"a3c-{live_run[0].name}-")
 
 
 def test_real_prometheus_scrapes_a3c_metrics(live_run, tmp_path):

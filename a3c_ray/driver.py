@@ -34,7 +34,12 @@ from .config import (Config, ConfigError, apply_overrides, field_docs, fill_lega
                      DEFAULT_CONFIG_PATH)
 from .run_lock import RunLock, RunLockError
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # bad input: nothing was started
+EXIT_FAILED = 1  # a run that started and ended in error
+
+
+class RunFailed(RuntimeError):
+    """A run that started and ended in error (after its final checkpoint was tried)."""
 
 
 class RunError(RuntimeError):
@@ -289,6 +294,7 @@ class Trainer:
         # finished, oldest step first: the per-gradient lag is computed when it finishes.
         self._dispatched: collections.deque = collections.deque()
         self._restarts: list[tuple[float, int]] = []  # (when, worker) after a failure
+        self.checkpoint_error: Optional[str] = None  # why the last checkpoint failed
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -455,7 +461,8 @@ class Trainer:
         try:
             path = self.backend.checkpoint({})
         except Exception as e:  # e.g. the PS died just now: it restarts, we save next time
-            self.reporter.event("checkpoint_failed", error=str(e).splitlines()[0][:200])
+            self.checkpoint_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            self.reporter.event("checkpoint_failed", error=self.checkpoint_error)
             return None
         self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps)
         return path
@@ -578,23 +585,49 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
     trainer = Trainer(cfg, backend, reporter, n, start["incarnation"])
     signals.attach(trainer.request_stop)
     try:
-        reason = trainer.run()
-        path = trainer.checkpoint()
-        final = backend.status()
-        reporter.tick(force=True)
-        # The PS's counters are authoritative (they are what the checkpoint holds).
-        summary = {**reporter.status(), "run_dir": str(run_dir), "stop_reason": reason,
-                   "checkpoint": str(path),
-                   **{k: final[k] for k in ("version", "env_steps", "episodes", "updates",
-                                            "gradients", "rejected_nonfinite",
-                                            "rejected_stale", "published")}}
-        reporter.event("stop", **{k: v for k, v in summary.items() if k != "time_split"})
-        if cfg.logging.console != "quiet":
-            print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)
-        return summary
+        return _finish(cfg, trainer, run_dir)
     finally:
         reporter.close()
         backend.shutdown()
+
+
+def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
+    """Run the loop; however it ends, try a final checkpoint and write the stop record.
+
+    A fatal error in the loop, or a final checkpoint that fails (a full disk, storage
+    gone), is raised as RunFailed after that, so the exit status says it.
+    """
+    backend, reporter = trainer.backend, trainer.reporter
+    error = None
+    try:
+        reason = trainer.run()
+    except Exception as e:  # noqa: BLE001 -- reported, then raised as RunFailed
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        reason = f"error ({error})"
+    path = trainer.checkpoint()
+    if path is None and error is None:
+        error = f"the final checkpoint failed ({trainer.checkpoint_error})"
+    try:
+        final = backend.status(timeout_s=60.0)
+    except Exception:  # noqa: BLE001 -- the PS is gone: the driver's own counts
+        final = {}
+    # The PS's counters are authoritative (they are what the checkpoint holds).
+    summary = {**reporter.status(), "run_dir": str(run_dir), "stop_reason": reason,
+               "checkpoint": str(path) if path else None, "error": error,
+               **{k: final[k] for k in ("version", "env_steps", "episodes", "updates",
+                                        "gradients", "rejected_nonfinite", "rejected_stale",
+                                        "published") if k in final}}
+    try:
+        reporter.tick(force=True)
+        reporter.event("stop", **{k: v for k, v in summary.items() if k != "time_split"})
+    except OSError as e:  # the run log cannot be written either: say so, still stop
+        error = error or f"the run log cannot be written ({e})"
+    if cfg.logging.console != "quiet":
+        print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)
+    if error:
+        raise RunFailed(f"{error}; the last checkpoint in {run_dir}/checkpoints is what "
+                        "--resume continues from")
+    return summary
 
 
 def _check_resume(cfg: Config, ckpt_dir: str, obs_shape: tuple, n_actions: int) -> None:
@@ -642,6 +675,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, RunError, CheckpointError, RunLockError) as e:
         print(f"a3c_ray: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except RunFailed as e:
+        print(f"a3c_ray: run failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
     if cfg.logging.console == "json":
         print(json.dumps({k: v for k, v in summary.items() if k != "time_split"}))
     return 0

@@ -83,7 +83,7 @@ class SerialBackend:
     def checkpoint(self, extra: dict) -> str:
         return self.ps.save_checkpoint(extra)
 
-    def status(self) -> dict:
+    def status(self, timeout_s: float = 0.0) -> dict:
         return {**self.ps.status(), "published": None}
 
     def health(self) -> dict:

@@ -167,3 +167,25 @@ def test_signal_during_startup_stops_cleanly(tmp_path, sig):
     stops = recs(run, "stop")
     assert len(stops) == 1 and stops[0]["stop_reason"] == sig.name
     assert stops[0]["env_steps"] < 5000  # stopped at once, not after minutes
+
+
+def test_final_checkpoint_failing_exits_non_zero_with_the_reason(tmp_path):
+    """Storage gone under a run (its checkpoint directory replaced by a file): the stop
+    record says why, and the exit status is an error, not a success."""
+    import shutil
+
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "a3c_ray.driver", "--env", "CartPole-v1",
+                          "--serial", "--time-limit", "0.5", "--run-dir", str(run),
+                          "--console", "quiet", "--set", "logging.tensorboard=false"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: log_records(run, "start"), 120, "start")
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").write_text("not a directory")
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 1, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("a3c_ray")]
+    assert len(lines) == 1 and "run failed: the final checkpoint failed" in lines[0], err[-2000:]
+    stop = log_records(run, "stop")[-1]
+    assert stop["checkpoint"] is None and "final checkpoint failed" in stop["error"]
+    assert stop["stop_reason"] == "time limit reached" and stop["env_steps"] > 0

@@ -205,8 +205,9 @@ class TrainingConfig:
     total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "
                               "(one step = frame_skip frames); 0 = no limit.", min=0)
     total_episodes: int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)
-    time_limit_minutes: float = _f(0.0, "Stop after this much wall-clock time; 0 = no limit.",
-                                   min=0.0)
+    time_limit_minutes: float = _f(0.0, "Stop after this much wall-clock time of this "
+                                   "driver process (a resumed run gets this much more); "
+                                   "0 = no limit.", min=0.0)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-steps", metavar="N", type=_int_arg("--total-steps"),
                    help="stop after N env steps (training.total_env_steps)")
     p.add_argument("--time-limit", metavar="MIN", type=_float_arg("--time-limit"),
-                   help="stop after MIN minutes (training.time_limit_minutes)")
+                   help="stop after MIN minutes of this process (a resumed run gets MIN "
+                        "more minutes; training.time_limit_minutes)")
     p.add_argument("--seed", type=_int_arg("--seed"), help="base random seed (seed)")
     p.add_argument("--run-dir", metavar="DIR", help="run directory (default "
                    "runs/<game>-<timestamp>)")

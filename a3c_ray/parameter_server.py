@@ -283,6 +283,7 @@ class ParameterServer:
                                   f"({str(e).splitlines()[0]}); resume from an older "
                                   "checkpoint or start a new run") from None
         self.counters = {k: int(v.numpy()) for k, v in self._tf_counters.items()}
+        self._identity.assign(self.identity())  # it matched: later saves carry all of it
         if self.counters["gradients"] < 0:
             self.counters["gradients"] = self.counters["updates"]
         self.lr = self._lr()
@@ -353,7 +354,16 @@ def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
              "hidden": m.hidden_units, "activation": m.activation, "mlp": m.mlp_hidden_units}
     if m.lstm_units:  # only then: feed-forward checkpoints keep the identity they had
         ident["lstm"] = m.lstm_units
+    # Everything the weights were trained on: the emulator's settings, the preprocessing,
+    # the network (not the compute precision, which a resume on another CPU may change).
+    env, model = cfg.to_dict()["env"], cfg.to_dict()["model"]
+    ident["trained"] = {**{f"env.{k}": v for k, v in env.items() if k not in RESUMABLE_ENV},
+                        **{f"model.{k}": v for k, v in model.items() if k != "precision"}}
     return json.dumps(ident, sort_keys=True)
+
+
+#: env settings a resumed run may change: they do not change what is learned.
+RESUMABLE_ENV = ("max_episode_frames",)
 
 
 def read_identity(prefix: str) -> dict:
@@ -391,9 +401,14 @@ def check_checkpoint(prefix: str, expected_identity: str) -> None:
     got.setdefault("lstm", 0)  # feed-forward checkpoints do not name it
     want = json.loads(expected_identity)
     want.setdefault("lstm", 0)
+    trained_got, trained_want = got.pop("trained", {}), want.pop("trained", {})
     diff = [k for k in want if got.get(k) != want[k]]
+    # saved before the full record: what it names is checked above
+    diff += [k for k in trained_want if k in trained_got and trained_got[k] != trained_want[k]]
     if diff:
         k = diff[0]
+        if k in trained_want:
+            got, want = trained_got, trained_want
         raise CheckpointError(f"checkpoint {prefix} was trained with {k}={got.get(k)!r} but "
                               f"the config has {k}={want[k]!r}; resume with the run's own "
                               "config (RUN_DIR/config.yaml) or start a new run")

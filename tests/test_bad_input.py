@@ -154,6 +154,10 @@ RESUME_CASES = {
                          "trained with activation='leaky_relu'"),
     "other_optimizer": (lambda r: None, ["--set", "training.optimizer=adam"],
                         "trained with optimizer='rmsprop'"),
+    "other_frame_skip": (lambda r: None, ["--set", "env.frame_skip=3"],
+                         "trained with env.frame_skip=4 but the config has env.frame_skip=3"),
+    "other_life_loss": (lambda r: None, ["--set", "env.terminal_on_life_loss=false"],
+                        "trained with env.terminal_on_life_loss=True"),
 }
 
 
@@ -169,6 +173,18 @@ def test_bad_resume_target(case, short_run, tmp_path):
     assert_one_line_error(p, sec, needle)
     if before is not None:
         assert tree_digest(target) == before  # nothing saved was touched
+
+
+def test_resume_refuses_a_config_file_that_changes_the_preprocessing(short_run, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text("env:\n  frame_skip: 2\n")
+    target = tmp_path / "run"
+    shutil.copytree(short_run, target)
+    before = tree_digest(target)
+    p, sec = run(["--resume", str(target), "--config", str(other)])
+    assert_one_line_error(p, sec, "trained with env.frame_skip=4 but the config has "
+                                  "env.frame_skip=2")
+    assert tree_digest(target) == before
 
 
 def test_new_run_refuses_existing_run_dir(short_run, tmp_path):
@@ -205,4 +221,4 @@ def test_second_driver_on_a_run_dir_is_refused(short_run, tmp_path):
 
 
 def test_at_least_thirty_bad_inputs():
-    assert len(CONFIG_CASES) + len(FLAG_CASES) + len(RESUME_CASES) + 3 >= 30
+    assert len(CONFIG_CASES) + len(FLAG_CASES) + len(RESUME_CASES) + 4 >= 30

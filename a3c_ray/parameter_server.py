@@ -362,8 +362,9 @@ def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
     return json.dumps(ident, sort_keys=True)
 
 
-#: env settings a resumed run may change: they do not change what is learned.
-RESUMABLE_ENV = ("max_episode_frames",)
+#: env settings not compared as written: the episode frame cap does not change what is
+#: learned, and the id's game is compared as "game" (one game has several spellings).
+RESUMABLE_ENV = ("max_episode_frames", "id")
 
 
 def read_identity(prefix: str) -> dict:

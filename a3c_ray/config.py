@@ -340,8 +340,14 @@ def resolve_game(env_id: str) -> tuple[str, str]:
 
     if rom in roms.get_all_rom_ids():
         return "atari", rom
+    import difflib
+
+    known = {k.lower(): k for k in [*GAME_PRESETS, *roms.get_all_rom_ids(), *VECTOR_ENVS]}
+    close = (difflib.get_close_matches(rom, known, n=1, cutoff=0.75)
+             or difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6))
+    hint = f"did you mean {known[close[0]]!r}? " if close else ""
     raise ConfigError(
-        f"env.id: unknown game {env_id!r}; use a preset ({', '.join(GAME_PRESETS)}), "
+        f"env.id: unknown game {env_id!r}; {hint}use a preset ({', '.join(GAME_PRESETS)}), "
         f"an ALE rom name such as 'ms_pacman', or one of {', '.join(VECTOR_ENVS)}"
     )
 
@@ -530,6 +536,19 @@ def validate(cfg: Config) -> None:
     if t.total_env_steps == 0 and t.total_episodes == 0 and t.time_limit_minutes == 0:
         raise ConfigError("training: no stop condition; set training.total_env_steps, "
                           "training.total_episodes or training.time_limit_minutes above 0")
+    degenerate = (  # values inside their ranges with which nothing can train
+        ("training.lr", t.lr > 0, "a learning rate of 0 never changes the weights; use e.g. "
+         "7e-4"),
+        ("training.rmsprop_decay", t.optimizer != "rmsprop" or t.rmsprop_decay < 1,
+         "decay 1 never updates RMSProp's mean square, so every step is lr / sqrt(epsilon); "
+         "use e.g. 0.99"),
+        ("training.optimizer_epsilon", t.optimizer_epsilon > 0, "0 divides by zero where a "
+         "gradient and its mean square are 0; use e.g. 1e-10"),
+        ("training.discount", t.discount > 0, "0 makes every return one reward; use e.g. "
+         "0.99"))
+    for key, ok, why in degenerate:
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
     if t.lr_schedule == "linear" and t.total_env_steps == 0:
         raise ConfigError("training.lr_schedule: 'linear' decays to 0 at "
                           "training.total_env_steps; set total_env_steps above 0 or use "

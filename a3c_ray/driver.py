@@ -650,8 +650,17 @@ def check_address(address: Optional[str]) -> None:
 
     if not address or address in ("auto", "local"):
         return
-    hostport = address.split("://", 1)[-1]
+    scheme, sep, hostport = address.partition("://")
+    if not sep:
+        scheme, hostport = "", address
+    if scheme in ("http", "https"):
+        raise RunError(f"--address: {address!r} is an HTTP address (the dashboard's); give "
+                       "the cluster's address as HOST:PORT (its GCS port, 6379 unless changed; "
+                       "`ray status` on the head node shows it), or 'auto' on a cluster node")
     host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RunError(f"--address: {address!r} is not HOST:PORT; give the cluster's address "
+                       "like 10.0.0.5:6379, or 'auto' on a cluster node")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
     except (OSError, ValueError) as e:

@@ -75,6 +75,9 @@ FLAG_CASES = {
                      "training.optimizer_epsilon: 0 divides by zero"),
     "discount_zero": (["--set", "training.discount=0"], "training.discount: 0 makes"),
     "address_unreachable": (["--address", "127.0.0.1:1"], "--address: cannot reach"),
+    "address_http": (["--address", "http://127.0.0.1:8265"], "is an HTTP address"),
+    "address_no_port": (["--address", "10.0.0.5"], "is not HOST:PORT"),
+    "address_bad_port": (["--address", "10.0.0.5:99999"], "is not HOST:PORT"),
     "serial_with_address": (["--serial", "--address", "auto"], "'serial' runs without Ray"),
     # more workers than the local Ray's CPUs would leave actors pending forever
     "workers_exceed_cpus": (["--workers", "3", "--set", "ray.num_cpus=2"],

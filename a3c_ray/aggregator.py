@@ -93,6 +93,7 @@ class NodeAggregator:
         self._stats: list[dict] = []
         self._workers: list[int] = []
         self._failures: list[tuple[int, str, bool]] = []
+        self._hung: list[int] = []
         self.busy_s = 0.0  # time spent adding and putting, for the benchmark
         self.gradients = 0
 
@@ -119,23 +120,29 @@ class NodeAggregator:
         is being restarted by Ray), so the driver only records it."""
         self._failures.append((worker, error, retrying))
 
+    def hung(self, worker: int) -> None:
+        """A worker's segment ran too long: it was killed (its failure follows)."""
+        self._hung.append(worker)
+
     def has_output(self) -> bool:
-        return bool(self._workers or self._failures)
+        return bool(self._workers or self._failures or self._hung)
 
     def take(self, put: Callable[[np.ndarray], Any] = lambda a: a) -> dict:
         """Everything since the last batch; the aggregator starts empty again.
 
         {'parts': [(gradient sum or its object, meta)], 'stats': [segment stats],
         'workers': [worker indices now waiting], 'failures': [(worker, error, retrying)],
+        'hung': [workers killed for a segment that ran too long],
         'aggregator': index, 'node': node id, 'busy_s': seconds spent so far}.
         """
         t0 = time.perf_counter()
         parts = [(s.value(put), s.meta()) for s in self._sums.values()]
         self.busy_s += time.perf_counter() - t0
         batch = {"parts": parts, "stats": self._stats, "workers": self._workers,
-                 "failures": self._failures, "aggregator": self.index, "node": self.node,
-                 "busy_s": self.busy_s}
+                 "failures": self._failures, "hung": self._hung, "aggregator": self.index,
+                 "node": self.node, "busy_s": self.busy_s}
         self._sums, self._stats, self._workers, self._failures = {}, [], [], []
+        self._hung = []
         return batch
 
 
@@ -169,3 +176,8 @@ def pacing_wait(last_start: Optional[float], now: float, segment_s: float,
             or last_start is None):
         return 0.0
     return max(0.0, last_start + segment_s / per_segment - now)
+
+
+def overdue(started: dict, now: float, limit_s: float) -> list:
+    """The workers whose segment started more than limit_s ago (started: worker -> time)."""
+    return [i for i, t in started.items() if now - t > limit_s]

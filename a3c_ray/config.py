@@ -235,6 +235,13 @@ class WorkersConfig:
                                "finished worker at once with the newest weights.")
     max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
+    hung_segment_factor: float = _f(20.0, "A segment running longer than this many median "
+                                    "segment times (and at least hung_segment_min_s) is "
+                                    "taken as hung: its worker is killed, Ray restarts it, "
+                                    "the segment is dropped and counted (worker_hung in "
+                                    "log.jsonl). 0: never.", min=0.0)
+    hung_segment_min_s: float = _f(60.0, "No segment is taken as hung sooner than this "
+                                   "(a worker's start-up, a restart, a slow node).", min=1.0)
     gradient_dtype: str = _f("float32", "Dtype of gradients on the wire (worker -> node "
                              "aggregator -> PS); sums are always accumulated in float32. "
                              "'bfloat16' halves the bytes per gradient.",

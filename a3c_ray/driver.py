@@ -296,6 +296,8 @@ class Trainer:
         self._dispatched: collections.deque = collections.deque()
         self._restarts: list[tuple[float, int]] = []  # (when, worker) after a failure
         self.checkpoint_error: Optional[str] = None  # why the last checkpoint failed
+        self.hung = 0  # workers killed for a hung segment
+        self._hung_checked = time.time()
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -331,6 +333,7 @@ class Trainer:
                 self._take(batch)
             self._maybe_step()
             self._restart_due()
+            self._kill_hung()
             if r.due():
                 r.tick(extra=b.health())
             if interval and time.time() - last_ckpt >= interval:
@@ -352,7 +355,29 @@ class Trainer:
                 if "error" not in rec:
                     self._finished(rec)
 
+    def hung_limit_s(self) -> float:
+        """A segment running longer than this is hung (0: never): workers.hung_segment_factor
+        median segment times, at least workers.hung_segment_min_s."""
+        w = self.cfg.workers
+        if not w.hung_segment_factor or not self._seg_s:
+            return 0.0
+        return max(w.hung_segment_min_s, w.hung_segment_factor * self.segment_s())
+
+    def _kill_hung(self) -> None:
+        now = time.time()
+        if now - self._hung_checked >= 5.0:
+            self._hung_checked = now
+            limit = self.hung_limit_s()
+            if limit:
+                self.backend.kill_hung(limit)
+
     def _take(self, batch: dict) -> None:
+        for i in batch.get("hung", []):
+            self.hung += 1
+            self.reporter.event("worker_hung", worker=i, limit_s=round(self.hung_limit_s(), 1),
+                                count=self.hung)
+            print(f"a3c_ray: worker {i} ran one segment for over {self.hung_limit_s():.0f} s; "
+                  "killed, Ray restarts it", file=sys.stderr, flush=True)
         for i, err, retrying in batch["failures"]:
             if retrying:  # its aggregator resubmits once Ray has restarted it
                 self.reporter.event("worker_failed", worker=i, error=err, retrying=True)

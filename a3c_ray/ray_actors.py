@@ -21,7 +21,7 @@ import time
 
 import ray
 
-from .aggregator import NodeAggregator
+from .aggregator import NodeAggregator, overdue
 from .metrics import RayMetrics
 from .remote import RESTART_PATIENCE_S, _text
 
@@ -119,6 +119,7 @@ class AggregatorActor:
         self._box = None  # [ref of the newest finished weights handle], sent by the driver
         self._ready = asyncio.Event()
         self._tasks: set = set()
+        self._started: dict = {}  # worker -> when its segment was submitted
 
     def set_weights(self, box: list) -> None:
         self._box = box
@@ -133,7 +134,18 @@ class AggregatorActor:
         for i in indices:
             self._start(i, box, 0.0)
 
+    def kill_hung(self, limit_s: float) -> None:
+        """Kill the workers whose segment runs longer than limit_s (Ray restarts them;
+        their segment fails into the usual resubmission)."""
+        for i in overdue(self._started, time.time(), limit_s):
+            del self._started[i]
+            self.agg.hung(i)
+            ray.kill(self.workers[i], no_restart=False)
+        if self.agg.has_output():
+            self._ready.set()
+
     def _start(self, i: int, box: list, retrying_since: float) -> None:
+        self._started[i] = time.time()
         grad_ref, stats_ref = self.workers[i].compute_gradients.remote(box[0])
         task = asyncio.ensure_future(self._collect(i, grad_ref, stats_ref, box,
                                                    retrying_since))
@@ -143,6 +155,7 @@ class AggregatorActor:
     async def _collect(self, i, grad_ref, stats_ref, box, retrying_since) -> None:
         try:
             stats = await stats_ref
+            self._started.pop(i, None)
             grad = await self._value_if_needed(stats.get("incarnation"), grad_ref)
         except ray.exceptions.ActorUnavailableError as e:
             # Ray is restarting the worker: submit again once it is back, here, instead
@@ -161,6 +174,7 @@ class AggregatorActor:
             self._start(i, self._box or box, retrying_since or now)
             return
         except Exception as e:  # the worker (or the PS under its weights) died
+            self._started.pop(i, None)
             self.agg.fail(i, _text(e))
         else:
             self.agg.add(i, grad, stats, grad_ref)

@@ -13,6 +13,7 @@ code in both:
                                  dispatched (after_apply) or the newest finished one
     restart(workers)             start a segment again after a failure (newest weights)
     stepping() -> bool           a step is in flight
+    kill_hung(limit_s)           kill (Ray restarts) workers whose segment runs too long
     status() / checkpoint(extra) / health() / shutdown()
 
 * ``RayBackend``: named Ray actors (``ray_actors.py``). Gradients and weights move as
@@ -26,7 +27,7 @@ import os
 import time
 from typing import Any, Optional
 
-from .aggregator import NodeAggregator
+from .aggregator import NodeAggregator, overdue
 from .config import Config
 
 #: Seconds a worker that Ray is restarting is resubmitted before it counts as failed.
@@ -77,6 +78,9 @@ class SerialBackend:
     def stepping(self) -> bool:
         return False
 
+    def kill_hung(self, limit_s: float) -> None:
+        pass  # one process: a hung segment is this process hanging
+
     def ps_restarted(self) -> None:
         self._newest = self.ps.weights()
 
@@ -110,6 +114,7 @@ class LocalCollector:
         self.workers = workers  # index -> actor handle
         self._pending: dict[Any, tuple] = {}  # stats ref -> (worker, grad ref, box, since)
         self._retry: list[tuple[float, int, float]] = []  # (due, worker, retrying since)
+        self._started: dict[int, float] = {}  # worker -> when its segment was submitted
         self.box: Optional[list] = None  # [ref of the newest good weights handle]
 
     def submit(self, indices: list, box: list, newest: Optional[list] = None) -> None:
@@ -121,6 +126,15 @@ class LocalCollector:
     def _start(self, i: int, box: list, since: float) -> None:
         grad_ref, stats_ref = self.workers[i].compute_gradients.remote(box[0])
         self._pending[stats_ref] = (i, grad_ref, box, since)
+        self._started[i] = time.time()
+
+    def kill_hung(self, limit_s: float) -> None:
+        """Kill the workers whose segment runs longer than limit_s: Ray restarts them and
+        their segment fails into the usual resubmission."""
+        for i in overdue(self._started, time.time(), limit_s):
+            del self._started[i]
+            self.agg.hung(i)
+            self.ray.kill(self.workers[i], no_restart=False)
 
     def refs(self) -> list:
         return list(self._pending)
@@ -131,6 +145,7 @@ class LocalCollector:
     def collect(self, ref) -> None:
         """A segment's stats are ready (or its task failed)."""
         i, grad_ref, box, since = self._pending.pop(ref)
+        self._started.pop(i, None)
         try:
             stats = self.ray.get(ref)
         except self.ray.exceptions.ActorUnavailableError as e:
@@ -309,6 +324,13 @@ class RayBackend:
 
     def stepping(self) -> bool:
         return self._step is not None
+
+    def kill_hung(self, limit_s: float) -> None:
+        """Workers whose segment runs longer than limit_s are killed (Ray restarts them);
+        each collector reports them in its next batch."""
+        self.local.kill_hung(limit_s)
+        for ag in self.aggregators:
+            ag.kill_hung.remote(limit_s)
 
     def ps_restarted(self) -> None:
         """After a PS restart: every worker released from now on gets its weights."""

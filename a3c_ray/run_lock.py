@@ -39,6 +39,11 @@ def _alive(pid: int, started: Optional[str]) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by another user
+    try:  # a killed driver not yet reaped by its parent is a zombie: gone
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
     now = _start_time(pid)
     return started is None or now is None or now == started
 

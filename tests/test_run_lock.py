@@ -55,3 +55,16 @@ def test_unreadable_lock_is_stale_and_another_hosts_lock_is_refused(tmp_path):
     (tmp_path / NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": 0}))
     with pytest.raises(RunLockError, match="on host elsewhere .* delete"):
         RunLock(tmp_path).acquire()
+
+
+def test_lock_of_a_killed_driver_not_yet_reaped_is_stale(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write(tmp_path, pid=p.pid, started=_start_time(p.pid))
+        p.kill()
+        import time
+
+        time.sleep(0.5)  # a zombie now: killed, not waited for
+        RunLock(tmp_path).acquire()
+    finally:
+        p.wait()

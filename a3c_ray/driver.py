@@ -36,6 +36,11 @@ from .run_lock import RunLock, RunLockError
 
 EXIT_CONFIG = 2  # bad input: nothing was started
 EXIT_FAILED = 1  # a run that started and ended in error
+EXIT_FORCED = 130  # stopped at once by a second SIGINT or SIGTERM
+
+
+class ForcedStop(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: the driver exits at once (no final checkpoint)."""
 
 
 class RunFailed(RuntimeError):
@@ -342,7 +347,7 @@ class Trainer:
         self._drain()
         return reason
 
-    def _drain(self, timeout_s: float = 60.0) -> None:
+    def _drain(self, timeout_s: float = 15.0) -> None:
         """Apply what is queued and wait for the step in flight: every segment the log
         counts reaches the PS (and the final checkpoint) unless the PS fails."""
         t_end = time.time() + timeout_s
@@ -483,9 +488,9 @@ class Trainer:
         print(f"a3c_ray: parameter server restarted from {st['restored_from']}",
               file=sys.stderr, flush=True)
 
-    def checkpoint(self) -> Optional[str]:
+    def checkpoint(self, timeout_s: float = 600.0) -> Optional[str]:
         try:
-            path = self.backend.checkpoint({})
+            path = self.backend.checkpoint({}, timeout_s=timeout_s)
         except Exception as e:  # e.g. the PS died just now: it restarts, we save next time
             self.checkpoint_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.reporter.event("checkpoint_failed", error=self.checkpoint_error)
@@ -513,7 +518,13 @@ class StopSignals:
             signal.signal(s, self._on_signal)
 
     def _on_signal(self, signum, _frame) -> None:
-        self.reason = self.reason or signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.reason is not None:  # the second: stop now, without the final checkpoint
+            self.restore()
+            raise ForcedStop(name)
+        self.reason = name
+        print(f"a3c_ray: stopping ({name}): final checkpoint, then exit; signal again to "
+              "stop at once without it", file=sys.stderr, flush=True)
         if self.target is not None:
             self.target(self.reason)
 
@@ -630,11 +641,11 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
     except Exception as e:  # noqa: BLE001 -- reported, then raised as RunFailed
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         reason = f"error ({error})"
-    path = trainer.checkpoint()
+    path = trainer.checkpoint(timeout_s=120.0)
     if path is None and error is None:
         error = f"the final checkpoint failed ({trainer.checkpoint_error})"
     try:
-        final = backend.status(timeout_s=60.0)
+        final = backend.status(timeout_s=30.0)
     except Exception:  # noqa: BLE001 -- the PS is gone: the driver's own counts
         final = {}
     # The PS's counters are authoritative (they are what the checkpoint holds).
@@ -713,6 +724,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except RunFailed as e:
         print(f"a3c_ray: run failed: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # ForcedStop, or Ray's KeyboardInterrupt for it in a wait
+        print("a3c_ray: stopped at once (a second signal); --resume continues from the last "
+              "checkpoint", file=sys.stderr)
+        return EXIT_FORCED
     if cfg.logging.console == "json":
         print(json.dumps({k: v for k, v in summary.items() if k != "time_split"}))
     return 0

@@ -84,7 +84,7 @@ class SerialBackend:
     def ps_restarted(self) -> None:
         self._newest = self.ps.weights()
 
-    def checkpoint(self, extra: dict) -> str:
+    def checkpoint(self, extra: dict, timeout_s: float = 0.0) -> str:
         return self.ps.save_checkpoint(extra)
 
     def status(self, timeout_s: float = 0.0) -> dict:

@@ -217,3 +217,34 @@ def test_hung_worker_is_killed_and_replaced(tmp_path):
         out = stop(proc)
     assert proc.returncode == 0, out[-3000:]
     assert len(recs(run, "worker_hung")) == 1  # once: the new process is not hung
+
+
+def test_second_signal_stops_at_once_with_the_ps_frozen(tmp_path):
+    """SIGINT starts a graceful stop (final checkpoint); with the PS frozen that cannot
+    finish, and a second SIGINT stops the driver at once with its own exit status."""
+    run = tmp_path / "run"
+    proc = start_driver(*FAST, "--time-limit", "4", "--run-dir", str(run))
+    ps_pid, out = None, ""
+    try:
+        ps_pid = wait_until(lambda: recs(run, "start"), 240, "start")[0]["ps_pid"]
+        wait_until(lambda: len(recs(run, "update")) >= 5, 240, "steps")
+        os.kill(ps_pid, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(5)
+        assert proc.poll() is None  # still trying to stop gracefully
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        out, _ = proc.communicate(timeout=60)
+        assert time.time() - t0 < 20, "the second signal did not stop the driver at once"
+    finally:
+        if ps_pid:
+            try:
+                os.kill(ps_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-3000:]
+    assert "stopped at once (a second signal)" in out and "Traceback" not in out
+    assert not (run / "driver.lock").exists()  # released on the way out

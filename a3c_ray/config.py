@@ -18,6 +18,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .storage import SCHEMES
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "ray_config.yaml"
 
 #: The seed's five games. Preset name -> (ALE rom id, the seed's action subset
@@ -233,6 +235,9 @@ class WorkersConfig:
                                "at 256 worker cores waiting, 95% not (docs/scaling.md), "
                                "so clusters set false; the aggregator then restarts a "
                                "finished worker at once with the newest weights.")
+    start_timeout_s: float = _f(300.0, "Seconds the PS and the workers have to start (a "
+                                "cluster scaling up may need minutes) before the run stops "
+                                "and says what they asked for.", min=1.0)
     max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
     hung_segment_factor: float = _f(20.0, "A segment running longer than this many median "
@@ -260,6 +265,11 @@ class CheckpointConfig:
     interval_minutes: float = _f(10.0, "Write a checkpoint this often (and always at the end).",
                                  min=0.0)
     keep: int = _f(3, "Number of most recent checkpoints kept.", min=1, max=1000)
+    storage: str = _f("", "Where checkpoints go: empty for RUN_DIR/checkpoints; else a "
+                      "directory (the run's checkpoints go in STORAGE/<run name>) or a gs:// "
+                      "URI. On a cluster use storage every node reaches (a shared file "
+                      "system or a bucket): the parameter server may restart on any node "
+                      "and refuses to start where it cannot see the run's checkpoints.")
 
 
 @dataclass(frozen=True)
@@ -580,6 +590,11 @@ def validate(cfg: Config) -> None:
         key = "model.arch" if kind == "atari" else "model.mlp_arch"
         raise ConfigError(f"model.lstm_units: the LSTM sits on a shared torso; set {key}=shared "
                           f"or model.lstm_units=0")
+    storage = cfg.checkpoint.storage
+    if "://" in storage and storage.partition("://")[0].lower() not in SCHEMES:
+        raise ConfigError(f"checkpoint.storage: {storage!r}: TensorFlow here writes local or "
+                          "shared directories and gs:// URIs only (s3://, hdfs:// and az:// "
+                          "need tensorflow-io); mount the bucket as a directory, or use gs://")
     if cfg.workers.mode == "serial" and cfg.ray.address:
         raise ConfigError("workers.mode: 'serial' runs without Ray; drop --address or use "
                           "workers.mode=ray")

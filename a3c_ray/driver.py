@@ -32,6 +32,8 @@ from .aggregator import pacing_wait, step_ready
 from .config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
                      from_dict, load_yaml, parse_override, resolve_game, save_config,
                      DEFAULT_CONFIG_PATH)
+from . import storage
+from .remote import StartError
 from .run_lock import RunLock, RunLockError
 
 EXIT_CONFIG = 2  # bad input: nothing was started
@@ -41,6 +43,10 @@ EXIT_FORCED = 130  # stopped at once by a second SIGINT or SIGTERM
 
 class ForcedStop(KeyboardInterrupt):
     """A second SIGINT or SIGTERM: the driver exits at once (no final checkpoint)."""
+
+
+class LostCheckpoint(RuntimeError):
+    """A restarted PS found none of the run's checkpoints: the run must not go on."""
 
 
 class RunFailed(RuntimeError):
@@ -167,15 +173,25 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.logging.runs_root) / f"{cfg.env.id.replace('/', '_')}-{stamp}"
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
+def check_run_dir(run_dir: Path, ckpt_dir: str, resume: bool) -> None:
     """Refuse, before anything is written, a run dir that would lose or mix up a run."""
-    has_ckpt = (run_dir / "checkpoints" / "checkpoint").is_file()
+    try:
+        has_ckpt = storage.has_checkpoint(ckpt_dir)
+    except Exception as e:  # noqa: BLE001 -- a URI out of reach: one line
+        raise RunError(f"checkpoint.storage: cannot read {ckpt_dir} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]}); check the path or the bucket and "
+                       "its credentials") from None
     if resume and not has_ckpt:
-        raise RunError(f"--resume: {run_dir} has no checkpoint yet; start it anew with "
-                       f"--run-dir {run_dir} (after removing it) or resume another run")
+        raise RunError(f"--resume: {run_dir} has no checkpoint yet (in {ckpt_dir}); start it "
+                       f"anew with --run-dir {run_dir} (after removing it) or resume another "
+                       "run")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"--run-dir: {run_dir} already holds a run; pass --resume {run_dir} "
                        "to continue it, or choose a new --run-dir")
+    if not resume and has_ckpt:
+        raise RunError(f"checkpoint.storage: {ckpt_dir} already holds another run's "
+                       "checkpoints (a run of the same name); choose another --run-dir name "
+                       "or checkpoint.storage")
 
 
 # ---- Ray -----------------------------------------------------------------------
@@ -222,8 +238,10 @@ def start_ray(cfg: Config, run_name: str) -> None:
                            f"({str(e).splitlines()[0][:160]}); check the address, or omit "
                            "--address (and unset RAY_ADDRESS) to run locally") from None
         return
+    # address="local": a Ray of its own even if `ray start` runs a cluster on this machine
+    # (ray.init would join that one, and refuse num_cpus there).
     kwargs: dict[str, Any] = dict(
-        num_cpus=cfg.ray.num_cpus or os.cpu_count(), namespace=namespace,
+        address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), namespace=namespace,
         include_dashboard=cfg.ray.include_dashboard, dashboard_host=cfg.ray.dashboard_host,
         logging_level="WARNING", runtime_env={"env_vars": env_vars})
     if cfg.ray.dashboard_port:
@@ -246,10 +264,17 @@ def ray_session_dir() -> Optional[str]:
 
 
 def check_local_cpus(cfg: Config) -> None:
-    """On a local Ray, actors that need more CPUs than it has would wait forever."""
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or cfg.workers.num_workers == "auto":
+    """On a local Ray, actors that need more CPUs (or resources) than it has would wait
+    forever."""
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return
     w = cfg.workers
+    if w.ps_resources:
+        raise RunError(f"workers.ps_resources: {dict(w.ps_resources)} places the PS on a "
+                       "cluster node tagged with it; a local Ray has no such node: drop the "
+                       "setting, or give --address of a cluster that has it")
+    if w.num_workers == "auto":
+        return
     have = cfg.ray.num_cpus or os.cpu_count() or 1
     need = int(w.num_workers) * w.cpus_per_worker + w.ps_cpus
     if need > have + 1e-9:
@@ -287,10 +312,14 @@ class Trainer:
     stays flat whatever the number of workers.
     """
 
-    def __init__(self, cfg: Config, backend, reporter, n_workers: int, ps_incarnation: str):
+    def __init__(self, cfg: Config, backend, reporter, n_workers: int, ps_incarnation: str,
+                 saved: Optional[str] = None):
         self.cfg, self.backend, self.reporter = cfg, backend, reporter
         self.n_workers = n_workers
         self.ps_incarnation = ps_incarnation
+        self.saved = saved  # the newest checkpoint this run is known to have
+        # Set when saving again would overwrite good checkpoints with worse weights.
+        self.no_final_checkpoint: Optional[str] = None
         self.stop_reason: Optional[str] = None
         self._failures = [0] * n_workers
         self.queue: list[dict] = []  # batches waiting for the PS
@@ -478,6 +507,13 @@ class Trainer:
         if st["incarnation"] == self.ps_incarnation:
             return
         self.ps_incarnation = st["incarnation"]
+        if self.saved and not st["restored_from"]:
+            self.no_final_checkpoint = "the restarted parameter server holds fresh weights"
+            raise LostCheckpoint(
+                f"the parameter server restarted (on node {st.get('node')}) and found no "
+                f"checkpoint, though {self.saved} was written: its node does not see the "
+                "run's checkpoint storage; set checkpoint.storage to a shared directory or "
+                "a gs:// URI (nothing more is saved, so the checkpoints stay as they were)")
         self.backend.ps_restarted()
         self._dispatched.clear()
         self.reporter.resync(st)
@@ -495,6 +531,7 @@ class Trainer:
             self.checkpoint_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.reporter.event("checkpoint_failed", error=self.checkpoint_error)
             return None
+        self.saved = str(path)
         self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps)
         return path
 
@@ -553,8 +590,8 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
 
     # Everything that can be wrong is checked before anything is written or started.
     run_dir = run_dir_for(cfg)
-    check_run_dir(run_dir, resume)
-    ckpt_dir = str((run_dir / "checkpoints").resolve())
+    ckpt_dir = storage.checkpoint_dir(cfg.checkpoint.storage, run_dir)
+    check_run_dir(run_dir, ckpt_dir, resume)
     probe = EnvBatch(cfg, 1, cfg.seed)  # fails fast on a bad game, gives the shapes
     obs_shape, n_actions = probe.obs_shape, probe.n_actions
     probe.close()
@@ -563,28 +600,32 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     if cfg.workers.mode == "ray":
         check_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         check_local_cpus(cfg)
+    run_id = storage.prepare(ckpt_dir, run_dir, resume)  # reachable, and marked as this run's
     lock = RunLock(run_dir)  # one driver per run directory
     lock.acquire()
     try:
-        return _run(cfg, resume, stream, signals, run_dir, ckpt_dir, obs_shape, n_actions)
+        return _run(cfg, resume, stream, signals, run_dir, ckpt_dir, obs_shape, n_actions,
+                    run_id)
     finally:
         lock.release()
 
 
 def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
-         ckpt_dir: str, obs_shape: tuple, n_actions: int) -> dict:
+         ckpt_dir: str, obs_shape: tuple, n_actions: int, run_id: str) -> dict:
     from .metrics import Reporter
 
     cfg = cfg.replace(logging=dataclasses.replace(cfg.logging, run_dir=str(run_dir)))
-    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run_dir / "config.yaml")
+        if cfg.checkpoint.storage:  # with the checkpoints: a lost run dir can be rebuilt
+            storage.write_text(storage.join(ckpt_dir, "config.yaml"),
+                               (run_dir / "config.yaml").read_text())
 
     if cfg.workers.mode == "serial":
         from .remote import SerialBackend
 
         n = num_workers(cfg)
-        backend = SerialBackend(cfg, obs_shape, n_actions, ckpt_dir, n)
+        backend = SerialBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run_id=run_id)
     else:
         from .remote import RayBackend
 
@@ -603,7 +644,8 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
             start_ray(cfg, run_dir.name)
         signals.install()  # ray.init replaced the SIGTERM handler
         n = num_workers(cfg)
-        backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name)
+        backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name,
+                             run_id=run_id)
     start = backend.status()
     reporter = Reporter(cfg, run_dir, start, stream=stream,
                         ray_metrics=cfg.workers.mode == "ray")
@@ -619,7 +661,8 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
               f"{start['precision']} | "
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
               f"| run dir {run_dir}", file=reporter.stream, flush=True)
-    trainer = Trainer(cfg, backend, reporter, n, start["incarnation"])
+    trainer = Trainer(cfg, backend, reporter, n, start["incarnation"],
+                      saved=start["restored_from"])
     signals.attach(trainer.request_stop)
     try:
         return _finish(cfg, trainer, run_dir)
@@ -641,7 +684,11 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
     except Exception as e:  # noqa: BLE001 -- reported, then raised as RunFailed
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         reason = f"error ({error})"
-    path = trainer.checkpoint(timeout_s=120.0)
+    path = None
+    if trainer.no_final_checkpoint:
+        trainer.checkpoint_error = f"not saved: {trainer.no_final_checkpoint}"
+    else:
+        path = trainer.checkpoint(timeout_s=120.0)
     if path is None and error is None:
         error = f"the final checkpoint failed ({trainer.checkpoint_error})"
     try:
@@ -662,7 +709,8 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
     if cfg.logging.console != "quiet":
         print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)
     if error:
-        raise RunFailed(f"{error}; the last checkpoint in {run_dir}/checkpoints is what "
+        raise RunFailed(f"{error}; the last checkpoint in "
+                        f"{storage.checkpoint_dir(cfg.checkpoint.storage, run_dir)} is what "
                         "--resume continues from")
     return summary
 
@@ -721,7 +769,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, RunError, CheckpointError, RunLockError) as e:
         print(f"a3c_ray: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except RunFailed as e:
+    except (RunFailed, StartError) as e:
         print(f"a3c_ray: run failed: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # ForcedStop, or Ray's KeyboardInterrupt for it in a wait

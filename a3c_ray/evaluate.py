@@ -24,10 +24,12 @@ def locate(target: str) -> tuple[Path, str]:
     import tensorflow as tf
 
     from .errors import CheckpointError
+    from .storage import checkpoint_dir
 
     p = Path(target)
-    if p.is_dir() and (p / "checkpoints").is_dir():
-        prefix = tf.train.latest_checkpoint(str(p / "checkpoints"))
+    if p.is_dir() and (p / "config.yaml").is_file():  # its checkpoints: where it saved them
+        ckpt_dir = checkpoint_dir(load_run_config(p).checkpoint.storage, p)
+        prefix = tf.train.latest_checkpoint(ckpt_dir)
         if not prefix:
             raise CheckpointError(f"{p} has no checkpoint yet; train longer or pass another "
                                   "run directory")

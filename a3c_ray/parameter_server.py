@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -31,7 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import Config, atomic_write_text
+from . import storage
+from .config import Config
 from .errors import CheckpointError  # noqa: F401  (re-exported for callers)
 from .models import ActorCritic, configure_tf_threads
 from .worker import peak_rss_mb
@@ -43,7 +45,10 @@ COUNTERS = ("version", "env_steps", "episodes", "updates", "gradients",
 
 class ParameterServer:
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int,
-                 checkpoint_dir: Optional[str] = None, cpus: float = 1.0):
+                 checkpoint_dir: Optional[str] = None, cpus: float = 1.0,
+                 run_id: Optional[str] = None):
+        if checkpoint_dir:  # before any work: this node must see the run's storage
+            storage.check_reachable(checkpoint_dir, run_id, socket.gethostname())
         configure_tf_threads(max(cpus, 1.0))
         import tensorflow as tf
 
@@ -251,13 +256,21 @@ class ParameterServer:
         path = self._manager.save(checkpoint_number=self.counters["updates"])
         meta = {"path": Path(path).name, "counters": dict(self.counters),
                 "time": time.time(), **(extra or {})}
-        atomic_write_text(Path(self.checkpoint_dir) / "latest.json", json.dumps(meta))
+        storage.write_text(storage.join(self.checkpoint_dir, "latest.json"), json.dumps(meta))
         return path
 
     def restore_latest_if_any(self) -> None:
-        """Come back from the newest checkpoint in checkpoint_dir (a restarted PS)."""
-        if self._manager is not None and self._manager.latest_checkpoint:
+        """Come back from the newest checkpoint in checkpoint_dir (a restarted PS). A
+        latest.json without TF's index means checkpoints were written and are gone:
+        that is an error, never a silent fresh start."""
+        if self._manager is None:
+            return
+        if self._manager.latest_checkpoint:
             self.restore()
+        elif storage.exists(storage.join(self.checkpoint_dir, "latest.json")):
+            raise CheckpointError(f"{self.checkpoint_dir} has latest.json but no checkpoint "
+                                  "index: its checkpoints were removed; restore them, or "
+                                  "start a new run")
 
     def restore(self, path: Optional[str] = None) -> dict:
         """Restore from a checkpoint prefix, or the latest one in checkpoint_dir."""

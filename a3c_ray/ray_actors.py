@@ -32,10 +32,11 @@ class ParameterServerActor:
     """A restarted PS (Ray's max_restarts) runs __init__ again: a new incarnation that
     comes back from the latest checkpoint in its directory, if there is one."""
 
-    def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run):
+    def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run, run_id=None):
         from .parameter_server import ParameterServer  # TF: only in the processes using it
 
-        self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
+        self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus,
+                                  run_id=run_id)
         self.ps.restore_latest_if_any()
         self.metrics = RayMetrics(run, "ps")
         self._published = None  # (key, ref) of the newest weights object

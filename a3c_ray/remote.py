@@ -38,12 +38,13 @@ class SerialBackend:
     """Everything in one process: workers run one after another."""
 
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
-                 num_workers: int):
+                 num_workers: int, run_id: Optional[str] = None):
         from .parameter_server import ParameterServer
         from .worker import RolloutWorker
 
         cpus = float(os.cpu_count() or 1)
-        self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus)
+        self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus,
+                                  run_id=run_id)
         self.ps.restore_latest_if_any()
         self.workers = [RolloutWorker(cfg, i, cpus=cpus) for i in range(num_workers)]
         self.agg = NodeAggregator(0, "local")
@@ -179,7 +180,7 @@ class RayBackend:
     for one batch at a time."""
 
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
-                 num_workers: int, run: str = "a3c"):
+                 num_workers: int, run: str = "a3c", run_id: Optional[str] = None):
         import ray
 
         from .ray_actors import ParameterServerActor, RolloutWorkerActor
@@ -191,7 +192,7 @@ class RayBackend:
         self.ps = ParameterServerActor.options(
             name="a3c-ps", num_cpus=w.ps_cpus, resources=dict(w.ps_resources) or None,
             max_restarts=w.max_restarts, max_task_retries=0,
-        ).remote(cfg, obs_shape, n_actions, ckpt_dir, max(w.ps_cpus, 1.0), run)
+        ).remote(cfg, obs_shape, n_actions, ckpt_dir, max(w.ps_cpus, 1.0), run, run_id)
         self.workers = [
             RolloutWorkerActor.options(
                 name=f"a3c-worker-{i}", num_cpus=w.cpus_per_worker,
@@ -199,8 +200,10 @@ class RayBackend:
             ).remote(cfg, i, max(w.cpus_per_worker, 1.0), run)
             for i in range(num_workers)]
         # Fail early (and clearly) if an actor cannot start; learn where workers landed.
-        nodes = ray.get([wk.ping.remote() for wk in self.workers])
-        self.ps_node = ray.get(self.ps.status.remote())["node"]
+        self.ps_node = self._started([self.ps.status.remote()], "the parameter server",
+                                     w.ps_resources, w.start_timeout_s)[0]["node"]
+        nodes = self._started([wk.ping.remote() for wk in self.workers],
+                              f"{num_workers} rollout workers", {}, w.start_timeout_s)
         groups: dict[str, list[int]] = {}
         for i, node in enumerate(nodes):
             local = node == self.ps_node or not w.aggregate_per_node
@@ -219,6 +222,19 @@ class RayBackend:
         self._step: Optional[Any] = None  # the apply in flight
         self._newest: Any = None  # ref of the newest finished weights handle
         self._latest: Any = None  # ref of the newest dispatched one
+
+    def _started(self, refs: list, what: str, resources: dict, timeout_s: float) -> list:
+        """The actors' first answers, or one line saying why they did not start."""
+        try:
+            return self.ray.get(refs, timeout=timeout_s)
+        except self.ray.exceptions.GetTimeoutError:
+            asks = ", ".join(f"{k}={v}" for k, v in resources.items()) or "CPUs"
+            raise StartError(f"{what} did not start within {timeout_s:.0f} s: no node of the "
+                             f"cluster has the {asks} they ask for free (`ray status` shows "
+                             "what it has); add nodes, or lower workers.num_workers, "
+                             "workers.cpus_per_worker or workers.ps_resources") from None
+        except self.ray.exceptions.RayActorError as e:
+            raise StartError(f"{what} failed to start: {creation_error(e)}") from None
 
     def _aggregator(self, index: int, node: str, members: list, w):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -348,7 +364,10 @@ class RayBackend:
             try:
                 return self.ray.get(self.ps.status.remote(), timeout=max(1.0, timeout_s))
             except (self.ray.exceptions.ActorUnavailableError,
-                    self.ray.exceptions.RayActorError):
+                    self.ray.exceptions.RayActorError) as e:
+                if "creation task" in str(e):  # its __init__ raised: Ray gives up on it
+                    raise StartError("the parameter server failed to (re)start: "
+                                     f"{creation_error(e)}") from None
                 if time.time() > t_end:
                     raise
                 time.sleep(1.0)
@@ -360,6 +379,21 @@ class RayBackend:
     def shutdown(self) -> None:
         for actor in [*self.aggregators, *self.workers, self.ps]:
             self.ray.kill(actor)
+
+
+class StartError(RuntimeError):
+    """An actor did not start: the message says why and what to do."""
+
+
+def creation_error(e: Exception) -> str:
+    """The user-facing line of an actor's failed __init__ (its exception's own message),
+    not Ray's wrapper and traceback."""
+    import re
+
+    found = re.findall(r"^\s*(?:[\w.]+\.)?(\w+Error): (.+)$", str(e), re.M)
+    mine = [f for f in found if f[0] not in ("RayActorError", "ActorDiedError",
+                                               "RayTaskError")]
+    return (mine[-1][1] if mine else str(e).splitlines()[0])[:400]
 
 
 def _text(e: Exception) -> str:

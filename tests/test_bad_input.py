@@ -78,6 +78,13 @@ FLAG_CASES = {
     "address_http": (["--address", "http://127.0.0.1:8265"], "is an HTTP address"),
     "address_no_port": (["--address", "10.0.0.5"], "is not HOST:PORT"),
     "address_bad_port": (["--address", "10.0.0.5:99999"], "is not HOST:PORT"),
+    "storage_s3": (["--set", "checkpoint.storage=s3://bucket/runs"],
+                   "checkpoint.storage: 's3://bucket/runs': TensorFlow here writes"),
+    "storage_unwritable": (["--set", "checkpoint.storage=/proc/a3c-storage"],
+                           "checkpoint.storage: cannot write the run's checkpoints to "
+                           "/proc/a3c-storage/new"),
+    "ps_resources_local": (["--set", "workers.ps_resources={ps_node: 1}"],
+                           "workers.ps_resources: {'ps_node': 1} places the PS"),
     "serial_with_address": (["--serial", "--address", "auto"], "'serial' runs without Ray"),
     # more workers than the local Ray's CPUs would leave actors pending forever
     "workers_exceed_cpus": (["--workers", "3", "--set", "ray.num_cpus=2"],

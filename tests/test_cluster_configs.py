@@ -1,4 +1,5 @@
 """The cluster launcher configs pass Ray's own schema validation and keep our rules."""
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def test_cluster_config_security_and_metrics(path):
     assert "--metrics-export-port=8080" in head
     assert '"ps_node": 1' in head                         # where the PS goes
     assert any("a3c_ray" in c for c in cfg["setup_commands"])
+    # runs on storage every node reaches: a shared run dir or a bucket for checkpoints
+    assert re.search(r"--run-dir /(mnt|shared)/|checkpoint\.storage=gs://", path.read_text())
 
 
 def test_grafana_dashboard_queries_only_metrics_we_export():

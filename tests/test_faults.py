@@ -127,6 +127,33 @@ def test_driver_sigkill_then_resume(tmp_path):
     assert stop_rec["version"] > start["counters"]["version"]
 
 
+def test_run_dir_lost_resumes_from_shared_storage(tmp_path):
+    """Checkpoints on shared storage outlive the run directory (the head node's disk):
+    the config copy kept with them rebuilds the run dir, and --resume goes on from the
+    last checkpoint."""
+    import shutil
+
+    run, shared = tmp_path / "head" / "cart", tmp_path / "shared"
+    quick = ["--env", "CartPole-v1", "--serial", "--console", "quiet",
+             "--set", "logging.tensorboard=false"]
+    p = run_driver(*quick, "--total-steps", "2000", "--run-dir", str(run),
+                   "--set", f"checkpoint.storage={shared}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = shared / "cart"
+    assert not (run / "checkpoints").exists() and (ckpt / "checkpoint").is_file()
+    latest = json.loads((ckpt / "latest.json").read_text())["counters"]
+    shutil.rmtree(tmp_path / "head")  # the head node is gone
+    new = tmp_path / "new-head" / "cart"
+    new.mkdir(parents=True)
+    shutil.copy(ckpt / "config.yaml", new / "config.yaml")
+    p = run_driver(*quick, "--resume", str(new),
+                   "--total-steps", str(latest["env_steps"] + 1000))
+    assert p.returncode == 0, p.stderr[-3000:]
+    start = recs(new, "start")[-1]
+    assert start["resume"] and start["counters"]["env_steps"] == latest["env_steps"] > 0
+    assert recs(new, "stop")[-1]["env_steps"] >= latest["env_steps"] + 1000
+
+
 def test_checkpoint_cut_short_never_becomes_latest(tmp_path):
     """A kill during a save leaves partial files; `latest` still names a whole checkpoint."""
     from a3c_ray.config import load_config
@@ -248,3 +275,69 @@ def test_second_signal_stops_at_once_with_the_ps_frozen(tmp_path):
     assert proc.returncode == 130, out[-3000:]
     assert "stopped at once (a second signal)" in out and "Traceback" not in out
     assert not (run / "driver.lock").exists()  # released on the way out
+
+
+def ckpt_files(d):
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("lost", ["marker", "checkpoints"])
+def test_ps_restarted_without_the_runs_checkpoints_stops_the_run(tmp_path, lost):
+    """The PS restarts where the run's storage is not what it was: the directory lacks the
+    run's marker (another node's local disk), or holds no checkpoint although several
+    were written. The run stops with one line and exit 1; it never trains on from
+    scratch, and what was saved stays as it was."""
+    run = tmp_path / "run"
+    proc = start_driver("--env", "CartPole-v1", "--workers", "2", "--time-limit", "5",
+                        "--run-dir", str(run), "--set", "checkpoint.interval_minutes=0.1",
+                        *FAST[6:])
+    d = run / "checkpoints"
+    try:
+        start = wait_until(lambda: recs(run, "start"), 240, "start")[0]
+        n = len(wait_until(lambda: (lambda c: c if len(c) >= 2 else None)(
+            recs(run, "checkpoint")), 240, "two checkpoints"))
+        wait_until(lambda: len(recs(run, "checkpoint")) > n, 60, "a fresh checkpoint")
+        if lost == "marker":
+            (d / "run.json").unlink()
+        else:
+            for p in d.iterdir():
+                if p.name != "run.json":
+                    p.unlink()
+        saved = ckpt_files(d)
+        os.kill(start["ps_pid"], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
+    assert proc.returncode == 1, out[-3000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("a3c_ray: run failed")]
+    needle = ("is not this run's from node" if lost == "marker"
+              else "found no checkpoint, though")
+    assert len(lines) == 1 and needle in lines[0], out[-3000:]
+    assert ckpt_files(d) == saved  # nothing saved over what was there
+    stop_rec = recs(run, "stop")[-1]
+    assert stop_rec["checkpoint"] is None and needle in stop_rec["error"]
+
+
+def test_actor_that_cannot_be_placed_fails_with_what_it_asked_for():
+    """An actor no node can host (a resource nobody has) stops the start with one line
+    naming it, instead of waiting forever."""
+    import ray
+
+    from a3c_ray.remote import RayBackend, StartError
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        @ray.remote(resources={"ps_node": 1})
+        class Nowhere:
+            def ping(self):
+                return 1
+
+        ref = Nowhere.remote().ping.remote()
+        backend = RayBackend.__new__(RayBackend)
+        backend.ray = ray
+        with pytest.raises(StartError, match=r"did not start within 2 s: .*ps_node=1"):
+            backend._started([ref], "the parameter server", {"ps_node": 1}, 2.0)
+    finally:
+        ray.shutdown()

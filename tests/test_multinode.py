@@ -53,3 +53,58 @@ def test_multinode_placement_and_node_loss(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     stop = recs(run, "stop")[-1]
     assert stop["version"] > 0 and stop["rejected_nonfinite"] == 0
+
+
+def test_ps_node_lost_restores_from_shared_storage(tmp_path):
+    """A cluster whose head keeps no workers and checkpoints on a path every node shares:
+    the PS's node is removed, Ray restarts the PS on the other node tagged for it, and it
+    comes back from the shared checkpoints, no further back than one checkpoint
+    interval; training goes on."""
+    import json
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False})
+    for res in ({"ps_node": 1}, {"ps_node": 1}, {}):
+        cluster.add_node(num_cpus=1, resources=res)
+    cluster.wait_for_nodes()
+    head_id = cluster.head_node.node_id
+    run, shared = tmp_path / "run", tmp_path / "shared"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "a3c_ray.driver", "--env", "CartPole-v1", "--workers", "2",
+         "--address", cluster.address, "--time-limit", "5", "--run-dir", str(run),
+         "--set", "workers.ps_resources={ps_node: 1}", "--set", f"checkpoint.storage={shared}",
+         "--set", "checkpoint.interval_minutes=0.1", "--set", "training.envs_per_worker=2",
+         "--set", "logging.console_interval_seconds=2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = shared / "run"
+    try:
+        start = wait_until(lambda: recs(run, "start"), 240, "driver start")[0]
+        assert start["ps_node"] != head_id
+        segs = wait_until(lambda: (lambda s: s if {x["worker"] for x in s} == {0, 1} else None)(
+            recs(run, "segment")), 240, "segments from both workers")
+        assert head_id not in {s["node"] for s in segs}  # the head keeps no workers
+        n = len(wait_until(lambda: (lambda c: c if len(c) >= 2 else None)(
+            recs(run, "checkpoint")), 240, "two checkpoints"))
+        wait_until(lambda: len(recs(run, "checkpoint")) > n, 60, "a fresh checkpoint")
+        before = json.loads((ckpt / "latest.json").read_text())["counters"]
+        steps_at_loss = recs(run, "segment")[-1]["env_steps"]
+        ps_node = next(nd for nd in cluster.worker_nodes if nd.node_id == start["ps_node"])
+        cluster.remove_node(ps_node)
+        restart = wait_until(lambda: recs(run, "ps_restarted"), 240, "PS restart")[0]
+        wait_until(lambda: len([u for u in recs(run, "update") if u["t"] > restart["t"]]) > 20,
+                   240, "steps after the restart")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        cluster.shutdown()
+    assert proc.returncode == 0, out[-3000:]
+    assert not (run / "checkpoints").exists() and (ckpt / "checkpoint").is_file()
+    assert restart["restored_from"].startswith(str(ckpt))
+    # within one checkpoint interval: at or after the newest checkpoint seen before the
+    # loss, and no further than where training had got
+    restored = restart["counters"]
+    assert before["env_steps"] <= restored["env_steps"] <= steps_at_loss
+    assert restored["version"] >= before["version"] > 0
+    stop = recs(run, "stop")[-1]
+    assert stop["version"] > restored["version"] and stop["rejected_nonfinite"] == 0

@@ -296,3 +296,34 @@ def test_bfloat16_wire_gradient_is_applied_like_float32(tmp_path):
     ps = make_ps(tmp_path)
     rec = ps.apply([flats["bfloat16"]], [meta(ps, samples=stats["samples"])])
     assert rec["status"] == "applied" and np.isfinite(ps.weights()["weights"]).all()
+
+
+def test_checkpoints_through_tensorflows_file_systems(tmp_path):
+    """A URI storage goes through tf.io.gfile end to end (here a file:// URI; gs:// takes
+    the same path): the marker, the save, latest.json, the restore; a PS whose storage is
+    not the run's refuses to start."""
+    import json
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    from a3c_ray import storage
+
+    cfg = load_config(None, {"env.id": "CartPole-v1"})
+    d = f"file://{tmp_path}/run"
+    run_id = storage.prepare(d, Path("run"), resume=False)
+    ps = ParameterServer(cfg, (4,), 2, d, run_id=run_id)
+    step(ps, env_steps=40)
+    path = ps.save_checkpoint()
+    assert path.startswith(d) and storage.has_checkpoint(d)
+    assert json.loads(storage.read_text(f"{d}/latest.json"))["counters"]["env_steps"] == 40
+    assert storage.prepare(d, Path("run"), resume=True) == run_id
+    ps2 = ParameterServer(cfg, (4,), 2, d, run_id=run_id)
+    ps2.restore_latest_if_any()
+    assert ps2.counters == ps.counters and ps2.restored_from == path
+    np.testing.assert_array_equal(ps2.weights()["weights"], ps.weights()["weights"])
+    with pytest.raises(CheckpointError, match="is not this run's from node"):
+        ParameterServer(cfg, (4,), 2, d, run_id="another-run")
+    tf.io.gfile.remove(f"{d}/checkpoint")  # the index gone, latest.json left
+    with pytest.raises(CheckpointError, match="has latest.json but no checkpoint index"):
+        ParameterServer(cfg, (4,), 2, d, run_id=run_id).restore_latest_if_any()

@@ -684,6 +684,13 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
     except Exception as e:  # noqa: BLE001 -- reported, then raised as RunFailed
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         reason = f"error ({error})"
+    # The loop has stopped stepping, so this status is the final one; a PS that does
+    # not answer it in seconds (frozen, its node gone) gets no final save to wait for.
+    try:
+        final = backend.status(timeout_s=10.0)
+    except Exception as e:  # noqa: BLE001 -- the PS is gone: the driver's own counts
+        final, trainer.no_final_checkpoint = {}, trainer.no_final_checkpoint or (
+            f"the parameter server does not answer ({type(e).__name__})")
     path = None
     if trainer.no_final_checkpoint:
         trainer.checkpoint_error = f"not saved: {trainer.no_final_checkpoint}"
@@ -691,10 +698,6 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
         path = trainer.checkpoint(timeout_s=120.0)
     if path is None and error is None:
         error = f"the final checkpoint failed ({trainer.checkpoint_error})"
-    try:
-        final = backend.status(timeout_s=30.0)
-    except Exception:  # noqa: BLE001 -- the PS is gone: the driver's own counts
-        final = {}
     # The PS's counters are authoritative (they are what the checkpoint holds).
     summary = {**reporter.status(), "run_dir": str(run_dir), "stop_reason": reason,
                "checkpoint": str(path) if path else None, "error": error,

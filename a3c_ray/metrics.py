@@ -19,6 +19,17 @@ from .config import Config
 TIME_SECTIONS = ("env", "inference", "gradient", "sync", "wait")
 
 
+def _finite(v: Any) -> Any:
+    """NaN and infinities (a figure not measured yet) as null: the log stays strict JSON."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 class RunLog:
     """Append-only JSONL log of the run (one object per line, flushed often)."""
 
@@ -27,7 +38,8 @@ class RunLog:
         self._f = open(path, "a", buffering=1)
 
     def write(self, kind: str, **fields: Any) -> None:
-        self._f.write(json.dumps({"type": kind, "t": round(time.time(), 3), **fields}) + "\n")
+        rec = {"type": kind, "t": round(time.time(), 3), **fields}
+        self._f.write(json.dumps(_finite(rec), allow_nan=False) + "\n")
 
     def close(self) -> None:
         self._f.close()
@@ -233,7 +245,7 @@ class Reporter:
             self._tb.flush()
         mode = self.cfg.logging.console
         if mode == "json":
-            print(json.dumps(st), file=self.stream, flush=True)
+            print(json.dumps(_finite(st), allow_nan=False), file=self.stream, flush=True)
         elif mode == "line":
             print(format_status(st, self.cfg), file=self.stream, flush=True)
 

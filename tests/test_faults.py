@@ -154,27 +154,56 @@ def test_run_dir_lost_resumes_from_shared_storage(tmp_path):
     assert recs(new, "stop")[-1]["env_steps"] >= latest["env_steps"] + 1000
 
 
-def test_checkpoint_cut_short_never_becomes_latest(tmp_path):
-    """A kill during a save leaves partial files; `latest` still names a whole checkpoint."""
-    from a3c_ray.config import load_config
-    from a3c_ray.parameter_server import ParameterServer
-    import numpy as np
+SAVER = """
+import sys, numpy as np
+from a3c_ray.config import load_config
+from a3c_ray.parameter_server import ParameterServer
+cfg = load_config(None, {"env.id": "pong"})
+ps = ParameterServer(cfg, (4, 84, 84), 6, sys.argv[1])
+ps.restore_latest_if_any()
+print("restored", ps.counters["updates"], flush=True)
+while True:
+    ps.apply([np.full(ps.num_params, 1e-3, np.float32)],
+             [{"samples": 1, "gradients": 1, "env_steps": 5, "episodes": 0,
+               "version": ps.counters["version"], "incarnation": ps.incarnation}])
+    print("begin", ps.counters["updates"], flush=True)
+    ps.save_checkpoint()
+    print("end", ps.counters["updates"], flush=True)
+"""
 
-    cfg = load_config(None, {"env.id": "CartPole-v1"})
-    ps = ParameterServer(cfg, (4,), 2, str(tmp_path / "ckpt"))
-    ps.apply([np.full(ps.num_params, 0.1, np.float32)],
-             [{"samples": 1, "gradients": 1, "env_steps": 0, "episodes": 0, "version": 0,
-               "incarnation": ps.incarnation}])
-    good = ps.save_checkpoint()
-    # what a kill in the middle of the next save leaves: data without index, index truncated
-    d = tmp_path / "ckpt"
-    (d / "ckpt-7.data-00000-of-00001").write_bytes(b"\0" * 10)
-    (d / "ckpt-7.index").write_bytes(b"trunc")
-    (d / ".latest.json.tmp123").write_text('{"path": "ckpt-7"')
-    ps2 = ParameterServer(cfg, (4,), 2, str(d))
-    assert ps2.restore()["version"] == 1
-    assert ps2.restored_from == good
-    assert json.loads((d / "latest.json").read_text())["path"] == "ckpt-1"
+
+def test_ps_killed_during_saves_never_leaves_a_corrupt_latest(tmp_path):
+    """A PS process (Pong's network, 20 MB a checkpoint) saving in a loop is SIGKILLed at
+    random moments, again and again; each new process restores the latest checkpoint,
+    which is whole and no older than the last save that finished."""
+    import random
+
+    from a3c_ray.parameter_server import verify_checkpoint
+    import tensorflow as tf
+
+    d = str(tmp_path / "ckpt")
+    rng = random.Random(0)
+    mid_save, last_done = 0, 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, d], cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        first = proc.stdout.readline().split()
+        assert first[0] == "restored" and int(first[1]) >= last_done, first
+        lines = []
+        while len(lines) < 2 * rng.randint(2, 6) + rng.randint(0, 1):
+            lines.append(proc.stdout.readline().split())
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.kill()
+        rest = proc.communicate()[0].split("\n")
+        lines += [ln.split() for ln in rest if ln]
+        mid_save += lines[-1][0] == "begin"
+        last_done = max([int(n) for kind, n in lines if kind == "end"] or [last_done])
+        latest = tf.train.latest_checkpoint(d)
+        verify_checkpoint(latest)  # every tensor of it reads back
+        assert int(latest.rsplit("-", 1)[1]) >= last_done
+        json.loads((tmp_path / "ckpt" / "latest.json").read_text())
+    assert mid_save >= 2  # the kills did land inside saves
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -341,3 +370,32 @@ def test_actor_that_cannot_be_placed_fails_with_what_it_asked_for():
             backend._started([ref], "the parameter server", {"ps_node": 1}, 2.0)
     finally:
         ray.shutdown()
+
+
+def test_sigterm_with_the_ps_frozen_stops_within_seconds(tmp_path):
+    """One SIGTERM while the PS is frozen: the graceful stop finds it unresponsive, skips
+    the save it could not make, and exits 1 with the reason, in well under a minute."""
+    run = tmp_path / "run"
+    proc = start_driver(*FAST, "--time-limit", "4", "--run-dir", str(run))
+    ps_pid = None
+    try:
+        ps_pid = wait_until(lambda: recs(run, "start"), 240, "start")[0]["ps_pid"]
+        wait_until(lambda: len(recs(run, "update")) >= 5, 240, "steps")
+        os.kill(ps_pid, signal.SIGSTOP)
+        t0 = time.time()
+        out = stop(proc, signal.SIGTERM, timeout=90)
+        took = time.time() - t0
+    finally:
+        if ps_pid:
+            try:
+                os.kill(ps_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
+    assert proc.returncode == 1, out[-3000:]
+    assert took < 45, took
+    stop_rec = recs(run, "stop")[-1]
+    assert stop_rec["stop_reason"] == "SIGTERM" and stop_rec["checkpoint"] is None
+    assert "the parameter server does not answer" in stop_rec["error"]

@@ -172,3 +172,20 @@ def test_sigterm_writes_final_checkpoint_and_exits_cleanly(live_run):
     latest = json.loads((run / "checkpoints" / "latest.json").read_text())
     assert latest["counters"]["env_steps"] == stop["env_steps"] > 0
     assert "steps/s" in out and "ETA" in out
+
+
+def test_run_log_is_strict_json(tmp_path):
+    """A figure not measured yet (NaN) is written as null: any JSON reader takes the log."""
+    from a3c_ray.metrics import RunLog
+
+    log = RunLog(tmp_path / "log.jsonl")
+    log.write("status", lr=float("nan"), cpu=float("inf"), split={"env": float("nan")},
+              lags=[1.0, float("nan")], steps=3)
+    log.close()
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in log.jsonl")
+
+    rec = json.loads((tmp_path / "log.jsonl").read_text(), parse_constant=no_constants)
+    assert rec["lr"] is None and rec["cpu"] is None and rec["split"] == {"env": None}
+    assert rec["lags"] == [1.0, None] and rec["steps"] == 3

@@ -76,7 +76,7 @@ class EnvConfig:
     reward_clip: float = _f(1.0, "Training rewards are clipped to [-x, x]; 0 disables. The "
                             "true score is always what is reported.", min=0.0)
     repeat_action_probability: float = _f(0.0, "Sticky actions (0.25 in the ALE v5 protocol; "
-                                          "0 as in the seed and the A3C paper).", min=0.0, max=1.0)
+                                          "0 as in the seed and the A3C paper).", min=0.0, max=0.99)
     max_episode_frames: int = _f(108000, "Episode truncated after this many emulator frames "
                                  "(30 minutes of play).", min=100)
 
@@ -311,7 +311,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    seed: int = _f(0, "Base random seed; worker i uses seed + 1000 * i.", min=0)
+    seed: int = _f(0, "Base random seed; worker i uses seed + 1000 * i.", min=0,
+                   max=2_000_000_000)  # seeds + offsets stay below the int32 the ALE takes
 
     # ---- derived facts (not settings) -------------------------------------
     @property
@@ -546,6 +547,14 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
+def min_screen(kernels: tuple[tuple[int, int], ...]) -> int:
+    """The smallest input side that 'valid' convolutions (kernel, stride) leave >= 1 wide."""
+    side = 1
+    for k, s in reversed(kernels):
+        side = (side - 1) * s + k
+    return side
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks, in one place."""
     kind, _ = resolve_game(cfg.env.id)
@@ -583,6 +592,11 @@ def validate(cfg: Config) -> None:
         n, example = {2: ("two", "[32, 64]"), 3: ("three", "[32, 64, 64]")}[len(fixed)]
         raise ConfigError(f"model.conv_filters: the {m.torso!r} torso has {n} convolutions; "
                           f"give {n} filter counts like {example}, got {m.conv_filters!r}")
+    if fixed and kind == "atari" and cfg.env.screen_size < min_screen(fixed):
+        raise ConfigError(f"env.screen_size: {cfg.env.screen_size} pixels is too small for the "
+                          f"{m.torso!r} torso (its convolutions need at least "
+                          f"{min_screen(fixed)}); use 84, or a torso for small screens "
+                          "(model.torso=universe)")
     if m.torso == "universe" and not 1 <= len(m.conv_filters) <= 6:
         raise ConfigError(f"model.conv_filters: the 'universe' torso takes one to six 3x3 "
                           f"stride-2 convolutions, like [32, 32, 32, 32]; got {m.conv_filters!r}")
@@ -595,6 +609,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"checkpoint.storage: {storage!r}: TensorFlow here writes local or "
                           "shared directories and gs:// URIs only (s3://, hdfs:// and az:// "
                           "need tensorflow-io); mount the bucket as a directory, or use gs://")
+    if not cfg.workers.wait_for_update and t.max_policy_lag == 1:
+        raise ConfigError("training.max_policy_lag: 1 with workers.wait_for_update=false drops "
+                          "most gradients (workers that play on have a lag of about 2 "
+                          "versions); use 3 or more, or 0 (no bound)")
     if cfg.workers.mode == "serial" and cfg.ray.address:
         raise ConfigError("workers.mode: 'serial' runs without Ray; drop --address or use "
                           "workers.mode=ray")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -175,6 +176,9 @@ def run_dir_for(cfg: Config) -> Path:
 
 def check_run_dir(run_dir: Path, ckpt_dir: str, resume: bool) -> None:
     """Refuse, before anything is written, a run dir that would lose or mix up a run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--run-dir: {run_dir} is a file, not a directory; give a directory "
+                       "path (it is created if missing)")
     try:
         has_ckpt = storage.has_checkpoint(ckpt_dir)
     except Exception as e:  # noqa: BLE001 -- a URI out of reach: one line
@@ -230,13 +234,16 @@ def start_ray(cfg: Config, run_name: str) -> None:
     env_vars = {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL",
                                            "CUDA_VISIBLE_DEVICES")}
     if address:
-        try:
-            ray.init(address=address, namespace=namespace, log_to_driver=True,
-                     runtime_env={"env_vars": env_vars}, logging_level="WARNING")
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise RunError(f"--address: cannot reach a Ray cluster at {address!r} "
-                           f"({str(e).splitlines()[0][:160]}); check the address, or omit "
-                           "--address (and unset RAY_ADDRESS) to run locally") from None
+        with _stderr_captured() as captured:
+            try:
+                ray.init(address=address, namespace=namespace, log_to_driver=True,
+                         runtime_env={"env_vars": env_vars}, logging_level="WARNING")
+                failed = None
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                failed = e
+        if failed is not None:
+            raise RunError(join_error(address, str(failed), captured())) from None
+        sys.stderr.write(captured())  # what Ray said while joining, now that it worked
         return
     # address="local": a Ray of its own even if `ray start` runs a cluster on this machine
     # (ray.init would join that one, and refuse num_cpus there).
@@ -251,6 +258,44 @@ def start_ray(cfg: Config, run_name: str) -> None:
     ctx = ray.init(**kwargs)
     if cfg.ray.include_dashboard and cfg.logging.console != "quiet":
         print(f"a3c_ray: Ray dashboard at http://{ctx.dashboard_url}", flush=True)
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Capture file descriptor 2 (Ray's C++ core logs there, not to sys.stderr) and
+    yield a function returning what was written."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        text = ""
+        try:
+            yield lambda: text
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+
+
+def join_error(address: str, error: str, ray_log: str) -> str:
+    """One line for a cluster that answers on its port but that ray.init cannot join."""
+    import ray
+
+    if "InvalidAuthToken" in ray_log or "Unauthenticated" in ray_log:
+        return (f"--address: the cluster at {address!r} refused this driver's token "
+                "(InvalidAuthToken): use the cluster's token here (copy ~/.ray/auth_token "
+                "from the head node, or set RAY_AUTH_TOKEN) with RAY_AUTH_MODE=token")
+    if "Version mismatch" in error:
+        return (f"--address: the cluster at {address!r} runs another Ray or Python version "
+                f"than this driver (Ray {ray.__version__}): {error.splitlines()[0][:200]}; "
+                "install the cluster's versions here, or submit with `ray job submit`")
+    return (f"--address: cannot join the Ray cluster at {address!r} "
+            f"({error.splitlines()[0][:160]}); check the address, or omit --address (and "
+            "unset RAY_ADDRESS) to run locally")
 
 
 def ray_session_dir() -> Optional[str]:
@@ -600,21 +645,24 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
     if cfg.workers.mode == "ray":
         check_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         check_local_cpus(cfg)
-    run_id = storage.prepare(ckpt_dir, run_dir, resume)  # reachable, and marked as this run's
     lock = RunLock(run_dir)  # one driver per run directory
     lock.acquire()
-    try:
-        return _run(cfg, resume, stream, signals, run_dir, ckpt_dir, obs_shape, n_actions,
-                    run_id)
+    try:  # a failure before the run's first file leaves no run directory behind
+        return _run(cfg, resume, stream, signals, run_dir, ckpt_dir, obs_shape, n_actions)
     finally:
         lock.release()
 
 
 def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
-         ckpt_dir: str, obs_shape: tuple, n_actions: int, run_id: str) -> dict:
+         ckpt_dir: str, obs_shape: tuple, n_actions: int) -> dict:
     from .metrics import Reporter
 
     cfg = cfg.replace(logging=dataclasses.replace(cfg.logging, run_dir=str(run_dir)))
+    if cfg.workers.mode == "ray":  # joining a cluster can still fail (its token, version)
+        _start_ray(cfg, run_dir, signals)
+    # reachable, and marked as this run's
+    run_id = storage.prepare(ckpt_dir, run_dir, resume,
+                             "checkpoint.storage" if cfg.checkpoint.storage else "--run-dir")
     if not resume:
         save_config(cfg, run_dir / "config.yaml")
         if cfg.checkpoint.storage:  # with the checkpoints: a lost run dir can be rebuilt
@@ -629,20 +677,6 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
     else:
         from .remote import RayBackend
 
-        try:
-            start_ray(cfg, run_dir.name)
-        except SystemExit as e:
-            # For its whole length ray.init sets a SIGTERM handler that calls sys.exit: a
-            # SIGTERM there is a stop request like any other. Start again (a second
-            # SIGTERM during that exits), then stop at once with a checkpoint.
-            if e.code != signal.SIGTERM:
-                raise
-            signals.reason = signals.reason or "SIGTERM"
-            import ray
-
-            ray.shutdown()
-            start_ray(cfg, run_dir.name)
-        signals.install()  # ray.init replaced the SIGTERM handler
         n = num_workers(cfg)
         backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name,
                              run_id=run_id)
@@ -669,6 +703,23 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
     finally:
         reporter.close()
         backend.shutdown()
+
+
+def _start_ray(cfg: Config, run_dir: Path, signals: StopSignals) -> None:
+    try:
+        start_ray(cfg, run_dir.name)
+    except SystemExit as e:
+        # For its whole length ray.init sets a SIGTERM handler that calls sys.exit: a
+        # SIGTERM there is a stop request like any other. Start again (a second SIGTERM
+        # during that exits), then stop at once with a checkpoint.
+        if e.code != signal.SIGTERM:
+            raise
+        signals.reason = signals.reason or "SIGTERM"
+        import ray
+
+        ray.shutdown()
+        start_ray(cfg, run_dir.name)
+    signals.install()  # ray.init replaced the SIGTERM handler
 
 
 def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:

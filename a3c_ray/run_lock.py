@@ -52,11 +52,17 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / NAME
         self.held = False
+        self.created = False  # whether acquire() made the run directory
         self.me = {"host": socket.gethostname(), "pid": os.getpid(),
                    "started": _start_time(os.getpid()), "since": time.time()}
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.created = not self.path.parent.exists()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunLockError(f"--run-dir: cannot create {self.path.parent} ({e.strerror}); "
+                               "give a directory this machine can write") from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -95,6 +101,8 @@ class RunLock:
         try:
             if json.loads(self.path.read_text()).get("pid") == self.me["pid"]:
                 self.path.unlink()
+            if self.created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()  # a run that failed before writing anything
         except (OSError, ValueError):
             pass
         self.held = False

@@ -83,7 +83,7 @@ def has_checkpoint(ckpt_dir: str) -> bool:
     return exists(join(ckpt_dir, "checkpoint"))
 
 
-def prepare(ckpt_dir: str, run_dir: Path, resume: bool) -> str:
+def prepare(ckpt_dir: str, run_dir: Path, resume: bool, key: str = "checkpoint.storage") -> str:
     """Create the run's checkpoint directory and its marker (or read it on resume);
     returns the run id the parameter server checks. Any failure is one CheckpointError
     naming the storage and what to do."""
@@ -102,7 +102,7 @@ def prepare(ckpt_dir: str, run_dir: Path, resume: bool) -> str:
         raise
     except Exception as e:  # noqa: BLE001 -- OSError, tf.errors.*, a bad marker
         raise CheckpointError(
-            f"checkpoint.storage: cannot write the run's checkpoints to {ckpt_dir} "
+            f"{key}: cannot write the run's checkpoints to {ckpt_dir} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
             "give a directory this machine can write (on a cluster, one every node "
             "shares) or a gs:// URI with credentials") from None

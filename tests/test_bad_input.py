@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,14 @@ FLAG_CASES = {
                            "/proc/a3c-storage/new"),
     "ps_resources_local": (["--set", "workers.ps_resources={ps_node: 1}"],
                            "workers.ps_resources: {'ps_node': 1} places the PS"),
+    "screen_too_small": (["--set", "env.screen_size=30"],
+                         "env.screen_size: 30 pixels is too small for the 'nature' torso"),
+    "seed_too_big": (["--set", "seed=5000000000"], "seed: must be <= 2000000000"),
+    "sticky_always": (["--set", "env.repeat_action_probability=1"],
+                      "env.repeat_action_probability: must be <= 0.99"),
+    "lag_bound_with_play_on": (["--set", "workers.wait_for_update=false",
+                                "--set", "training.max_policy_lag=1"],
+                               "training.max_policy_lag: 1 with workers.wait_for_update=false"),
     "serial_with_address": (["--serial", "--address", "auto"], "'serial' runs without Ray"),
     # more workers than the local Ray's CPUs would leave actors pending forever
     "workers_exceed_cpus": (["--workers", "3", "--set", "ray.num_cpus=2"],
@@ -136,6 +145,18 @@ def test_bad_flag(case, tmp_path):
     p, sec = run([*args, "--run-dir", str(tmp_path / "new")])
     assert_one_line_error(p, sec, needle)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_bad_run_dir(kind, tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("notes")
+    if kind == "unwritable":
+        target = Path("/proc/a3c-run")  # no one can create a directory there
+    p, sec = run(["--run-dir", str(target)])
+    assert_one_line_error(p, sec, "is a file, not a directory" if kind == "file"
+                          else f"--run-dir: cannot create {target}")
+    assert not target.is_dir() and (kind != "file" or target.read_text() == "notes")
 
 
 def test_bad_ray_address_env(tmp_path):
@@ -240,5 +261,41 @@ def test_second_driver_on_a_run_dir_is_refused(short_run, tmp_path):
         holder.wait()
 
 
-def test_at_least_thirty_bad_inputs():
-    assert len(CONFIG_CASES) + len(FLAG_CASES) + len(RESUME_CASES) + 4 >= 30
+def test_cluster_that_refuses_the_token_is_named(tmp_path):
+    """A cluster with token authentication and a driver holding another token: the one
+    line says the token was refused (not "cannot reach"), and no run dir is made."""
+    import secrets
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="a3ctok", dir="/tmp")  # short: Ray's socket paths
+    auth = {"RAY_AUTH_MODE": "token"}
+    subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1",
+                    "--include-dashboard=false", "--disable-usage-stats",
+                    f"--temp-dir={temp}"], check=True, capture_output=True, timeout=120,
+                   env={**os.environ, **auth, "RAY_AUTH_TOKEN": secrets.token_hex(16)})
+    try:
+        new = tmp_path / "new"
+        p, sec = run(["--env", "CartPole-v1", "--address", f"127.0.0.1:{port}",
+                      "--run-dir", str(new)],
+                     env={**auth, "RAY_AUTH_TOKEN": secrets.token_hex(16)})
+        assert_one_line_error(p, sec, "refused this driver's token")
+        assert not new.exists()
+    finally:  # this head only (`ray stop` would stop every Ray on the machine)
+        subprocess.run(["pkill", "-9", "-f", temp])
+        subprocess.run(["pkill", "-9", "-f", f":{port}"])
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_join_errors_name_the_cause():
+    from a3c_ray.driver import join_error
+
+    version = join_error("10.0.0.5:6379", "Version mismatch: The cluster was started with:\n"
+                         "    Ray: 2.59.0  Python: 3.10.4", "")
+    assert "runs another Ray or Python version" in version and "Ray: 2.59.0" not in version
+    assert "Version mismatch: The cluster was started with:" in version
+    other = join_error("10.0.0.5:6379", "Failed to connect to GCS", "some unrelated log")
+    assert other.startswith("--address: cannot join the Ray cluster at '10.0.0.5:6379'")

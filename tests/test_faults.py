@@ -212,7 +212,7 @@ def test_signal_during_startup_stops_cleanly(tmp_path, sig):
     run = tmp_path / "run"
     proc = start_driver(*FAST, "--time-limit", "10", "--run-dir", str(run))
     try:
-        wait_until(lambda: (run / "config.yaml").exists(), 120, "the run's config")
+        wait_until(lambda: (run / "driver.lock").exists(), 120, "the run's lock")
         proc.send_signal(sig)  # ray.init is starting now
         out, _ = proc.communicate(timeout=120)
     finally:

@@ -736,9 +736,9 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         reason = f"error ({error})"
     # The loop has stopped stepping, so this status is the final one; a PS that does
-    # not answer it in seconds (frozen, its node gone) gets no final save to wait for.
+    # not answer it in 30 s (frozen, its node gone) gets no final save to wait for.
     try:
-        final = backend.status(timeout_s=10.0)
+        final = backend.status(timeout_s=30.0)
     except Exception as e:  # noqa: BLE001 -- the PS is gone: the driver's own counts
         final, trainer.no_final_checkpoint = {}, trainer.no_final_checkpoint or (
             f"the parameter server does not answer ({type(e).__name__})")

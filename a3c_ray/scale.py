@@ -399,7 +399,8 @@ def run(cfg: Config, base: dict, args) -> dict:
                                  args.service_seconds, 10.0, Path(tmp) / "service")
             ratios, seg_info = segment_ratios(Path(tmp) / "service")
             ray.shutdown()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 logging_level="ERROR")
         try:
             print(f"measuring the PS (k = {args.ks}) ...", flush=True)
             ps = measure_ps(cfg, obs_shape, n_actions, args.ks, args.seconds)

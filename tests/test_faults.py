@@ -1,5 +1,6 @@
-"""Faults with real processes: a worker killed repeatedly, the parameter server killed,
-the driver SIGKILLed mid-run and resumed, and a checkpoint interrupted mid-write."""
+"""Faults with real processes: workers killed or frozen, the parameter server killed (in a
+step, in a save, without its storage), the driver SIGKILLed and resumed, signals at start
+and with the PS frozen. CartPole keeps start-up short; Atari runs are in test_atari."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, log_records, run_driver, wait_until
 
-FAST = ["--env", "pong", "--workers", "2", "--set", "training.envs_per_worker=4",
+FAST = ["--env", "CartPole-v1", "--workers", "2", "--set", "training.envs_per_worker=4",
         "--set", "ray.include_dashboard=false", "--set", "logging.console_interval_seconds=2"]
 
 
@@ -356,7 +357,7 @@ def test_actor_that_cannot_be_placed_fails_with_what_it_asked_for():
 
     from a3c_ray.remote import RayBackend, StartError
 
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
         @ray.remote(resources={"ps_node": 1})
         class Nowhere:
@@ -374,7 +375,7 @@ def test_actor_that_cannot_be_placed_fails_with_what_it_asked_for():
 
 def test_sigterm_with_the_ps_frozen_stops_within_seconds(tmp_path):
     """One SIGTERM while the PS is frozen: the graceful stop finds it unresponsive, skips
-    the save it could not make, and exits 1 with the reason, in well under a minute."""
+    the save it could not make, and exits 1 with the reason, within a minute."""
     run = tmp_path / "run"
     proc = start_driver(*FAST, "--time-limit", "4", "--run-dir", str(run))
     ps_pid = None
@@ -395,7 +396,7 @@ def test_sigterm_with_the_ps_frozen_stops_within_seconds(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=60)
     assert proc.returncode == 1, out[-3000:]
-    assert took < 45, took
+    assert took < 60, took  # drain 15 s + status 30 s, not the 120 s save timeout
     stop_rec = recs(run, "stop")[-1]
     assert stop_rec["stop_reason"] == "SIGTERM" and stop_rec["checkpoint"] is None
     assert "the parameter server does not answer" in stop_rec["error"]

@@ -50,7 +50,7 @@ def test_status_and_checkpoint_answer_while_steps_run(tmp_path):
     queue of steps (asserted by completion order, not by time)."""
     from a3c_ray.ray_actors import ParameterServerActor
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         cfg = _cartpole_cfg()
         ps = ParameterServerActor.remote(cfg, (4,), 2, str(tmp_path / "ckpt"), 1.0, "t")

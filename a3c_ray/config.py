@@ -103,11 +103,11 @@ class ModelConfig:
     activation: str = _f("leaky_relu", "Activation of the convolutional torso: "
                          "'leaky_relu' (slope 0.01 below zero: a unit pushed below zero "
                          "still gets a gradient, which an adaptive optimizer scales up, so "
-                         "it can come back; session 13: level with ELU on Pong, Breakout "
-                         "40.4 against ELU's 3.2 at 0.94 M steps), 'elu' "
+                         "it can come back; level with ELU on Pong, Breakout 40.4 against "
+                         "ELU's 3.2 at 0.94 M steps, docs/experiments.md), 'elu' "
                          "(universe-starter-agent; alive on Pong, slow on Breakout) or "
                          "'relu' (A3C paper, A2C baselines; with every layer adaptive, "
-                         "Pong's ReLUs die: 91% of conv1 at 0.37 M steps, session 12).",
+                         "Pong's ReLUs die: 91% of conv1 at 0.37 M steps).",
                          choices=("relu", "elu", "leaky_relu"))
     lstm_units: int = _f(0, "0: feed-forward. Above 0: an LSTM of this many units after the "
                          "convolutions (replacing the dense layer; for vector envs, after "
@@ -147,7 +147,7 @@ class TrainingConfig:
                                     "bonus when rewards are rare or the critic is young. "
                                     "It helped with the SGD-like epsilon 1e-5 (BeamRider "
                                     "+45%); with every layer adaptive (epsilon 1e-10) it "
-                                    "collapses the policy (session 10). false: the A3C "
+                                    "collapses the policy. false: the A3C "
                                     "paper's raw advantages.")
     value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
     grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm, per network "
@@ -174,11 +174,11 @@ class TrainingConfig:
                               min=0.0, max=1.0)
     optimizer_epsilon: float = _f(1e-10, "Epsilon of RMSProp (inside the square root) or "
                                   "Adam. 1e-10 (PyTorch's 1e-5 outside) makes every layer "
-                                  "adaptive. 1e-5 inside the root (TF1, A2C baselines, our "
-                                  "default until session 11) is larger than most layers' "
+                                  "adaptive. 1e-5 inside the root (TF1, A2C baselines) is "
+                                  "larger than most layers' "
                                   "mean squared gradient: they trained as plain SGD and "
                                   "Breakout stayed near random for a million steps "
-                                  "(docs/experiments.md, session 11).",
+                                  "(docs/experiments.md).",
                                   min=0.0)
     max_policy_lag: int = _f(0, "Gradients computed from weights more than this many "
                              "versions old are dropped and counted (0 = no bound). A "

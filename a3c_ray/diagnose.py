@@ -1,8 +1,8 @@
 """Is a checkpoint's network alive? ``python -m a3c_ray.diagnose RUN_DIR_OR_CHECKPOINT``.
 
 A policy stuck at random play can be a network whose torso no longer depends on
-the screen: ReLUs that never fire, ELUs saturated at -1 (docs/experiments.md,
-session 11: Pong's torso died this way with every layer adaptive at lr 7e-4).
+the screen: ReLUs that never fire, ELUs saturated at -1 (Pong's torso died this
+way with every layer adaptive at lr 7e-4: docs/experiments.md).
 This plays a uniform-random policy on the run's own preprocessing, feeds the
 frames through the checkpoint's torso and reports, per layer, the share of units
 that are never above 0 and that are constant (std below 1e-3) over the frames, and

@@ -27,6 +27,20 @@ def start_driver(*args):
                             start_new_session=True)
 
 
+def kill_all(proc, frozen_pid=None):
+    """After a test that froze a process: SIGKILL it, and the driver if still running;
+    returns the driver's output if it had to be killed here."""
+    if frozen_pid:
+        try:
+            os.kill(frozen_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate(timeout=60)[0]
+    return None
+
+
 def stop(proc, sig=signal.SIGTERM, timeout=120):
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=timeout)
@@ -294,14 +308,7 @@ def test_second_signal_stops_at_once_with_the_ps_frozen(tmp_path):
         out, _ = proc.communicate(timeout=60)
         assert time.time() - t0 < 20, "the second signal did not stop the driver at once"
     finally:
-        if ps_pid:
-            try:
-                os.kill(ps_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate(timeout=60)
+        out = kill_all(proc, ps_pid) or out
     assert proc.returncode == 130, out[-3000:]
     assert "stopped at once (a second signal)" in out and "Traceback" not in out
     assert not (run / "driver.lock").exists()  # released on the way out
@@ -387,14 +394,7 @@ def test_sigterm_with_the_ps_frozen_stops_within_seconds(tmp_path):
         out = stop(proc, signal.SIGTERM, timeout=90)
         took = time.time() - t0
     finally:
-        if ps_pid:
-            try:
-                os.kill(ps_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=60)
+        kill_all(proc, ps_pid)
     assert proc.returncode == 1, out[-3000:]
     assert took < 60, took  # drain 15 s + status 30 s, not the 120 s save timeout
     stop_rec = recs(run, "stop")[-1]

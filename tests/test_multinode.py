@@ -15,6 +15,15 @@ def recs(run, kind=None):
     return log_records(run, kind)
 
 
+def stop_then_shutdown(proc, cluster):
+    """SIGTERM the driver (if it still runs), collect its output, take the cluster down."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    cluster.shutdown()
+    return out
+
+
 def test_multinode_placement_and_node_loss(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {"ps_node": 1}, "include_dashboard": False})
@@ -46,10 +55,7 @@ def test_multinode_placement_and_node_loss(tmp_path):
         n = len(recs(run, "segment"))
         wait_until(lambda: len(recs(run, "segment")) > n + 10, 120, "training continues")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-        cluster.shutdown()
+        out = stop_then_shutdown(proc, cluster)
     assert proc.returncode == 0, out[-3000:]
     stop = recs(run, "stop")[-1]
     assert stop["version"] > 0 and stop["rejected_nonfinite"] == 0
@@ -94,10 +100,7 @@ def test_ps_node_lost_restores_from_shared_storage(tmp_path):
         wait_until(lambda: len([u for u in recs(run, "update") if u["t"] > restart["t"]]) > 20,
                    240, "steps after the restart")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-        cluster.shutdown()
+        out = stop_then_shutdown(proc, cluster)
     assert proc.returncode == 0, out[-3000:]
     assert not (run / "checkpoints").exists() and (ckpt / "checkpoint").is_file()
     assert restart["restored_from"].startswith(str(ckpt))

@@ -155,7 +155,7 @@ def step_ready(waiting_samples: int, waiting_workers: int, playing_workers: int,
     """
     if waiting_workers == 0:
         return False
-    return waiting_samples >= samples_per_update or playing_workers == 0
+    return waiting_samples >= samples_per_update or playing_workers <= 0
 
 
 def pacing_wait(last_start: Optional[float], now: float, segment_s: float,

@@ -492,15 +492,25 @@ class Trainer:
             return
         waiting = [i for bt in self.queue for i in bt["workers"]]
         samples = sum(m["samples"] for bt in self.queue for _, m in bt["parts"])
-        playing = self.n_workers - len(waiting) if self.cfg.workers.wait_for_update \
-            else self.n_workers
-        if not step_ready(samples, len(waiting), playing,
+        if not step_ready(samples, len(waiting), self._playing(waiting),
                           self.cfg.training.samples_per_update):
             return
         self._dispatch()
         if self.cfg.workers.wait_for_update:
-            self.backend.release(waiting, after_apply=True)
+            self.backend.release(sorted(set(waiting)), after_apply=True)
         self.queue = []
+
+    def _playing(self, waiting: list[int]) -> int:
+        """Workers that may still add a gradient to the coming step: neither waiting for
+        it nor waiting for a restart. A set, not a count: after a failure a worker's
+        segment can arrive twice (its aggregator restarted and resubmitted it), and a
+        count that went below zero left every worker waiting for a step that never came."""
+        if not self.cfg.workers.wait_for_update:
+            return self.n_workers
+        return len(set(range(self.n_workers)) - set(waiting) - self._restarting())
+
+    def _restarting(self) -> set[int]:
+        return {i for _, i in self._restarts}
 
     def _dispatch(self) -> None:
         self.backend.apply(self.queue)
@@ -527,6 +537,9 @@ class Trainer:
         if self._failures[i] > 20:
             raise RuntimeError(f"worker {i} failed 20 times in a row; last error: {err}")
         self._check_ps()
+        waiting = {j for bt in self.queue for j in bt["workers"]}
+        if i in self._restarting() or (i in waiting and self.cfg.workers.wait_for_update):
+            return  # already to be started again (by a restart or by the coming step)
         # backing off without stalling the loop (the other workers go on)
         self._restarts.append((time.time() + min(0.1 * self._failures[i], 2.0), i))
 

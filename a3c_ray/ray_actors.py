@@ -133,7 +133,8 @@ class AggregatorActor:
         elif newest is not None:
             self._box = newest
         for i in indices:
-            self._start(i, box, 0.0)
+            if i not in self._started:  # a resubmission of a segment already in flight
+                self._start(i, box, 0.0)
 
     def kill_hung(self, limit_s: float) -> None:
         """Kill the workers whose segment runs longer than limit_s (Ray restarts them;
@@ -166,6 +167,7 @@ class AggregatorActor:
                 self.agg.fail(i, _text(e), retrying=True)
                 self._ready.set()
             if now - (retrying_since or now) > RESTART_PATIENCE_S:
+                self._started.pop(i, None)
                 self.agg.fail(i, _text(e))
                 self._ready.set()
                 return

@@ -121,8 +121,10 @@ class LocalCollector:
     def submit(self, indices: list, box: list, newest: Optional[list] = None) -> None:
         if newest is not None:
             self.box = newest
+        retrying = {r[1] for r in self._retry}
         for i in indices:
-            self._start(i, box, 0.0)
+            if i not in self._started and i not in retrying:  # not already in flight
+                self._start(i, box, 0.0)
 
     def _start(self, i: int, box: list, since: float) -> None:
         grad_ref, stats_ref = self.workers[i].compute_gradients.remote(box[0])

@@ -80,6 +80,7 @@ def test_step_rule():
     assert not step_ready(40, 4, 12, 80)    # too few samples, others still playing
     assert step_ready(80, 8, 8, 80)         # enough samples
     assert step_ready(40, 4, 0, 80)         # nobody else can add: step (no deadlock)
+    assert step_ready(60, 3, -1, 80)        # a segment counted twice: still no deadlock
     assert not step_ready(0, 0, 0, 80)      # nothing waits
     assert step_ready(10, 1, 15, 1)         # samples_per_update 1: step on whatever waits
 

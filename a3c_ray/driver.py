@@ -1,4 +1,4 @@
-"""The driver: ``python -m a3c_ray.driver``.
+"""The driver: ``a3c-train`` (or ``python -m a3c_ray.driver``).
 
 Resolves and validates the config (before Ray starts), prepares the run
 directory, starts or joins Ray, creates the parameter server and the rollout
@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .aggregator import pacing_wait, step_ready
-from .config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
+from .core.aggregator import pacing_wait, step_ready
+from .core.config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
                      from_dict, load_yaml, parse_override, resolve_game, save_config,
                      DEFAULT_CONFIG_PATH)
-from . import storage
-from .remote import StartError
+from .core import storage
+from .transport.remote import StartError
 from .run_lock import RunLock, RunLockError
 
 EXIT_CONFIG = 2  # bad input: nothing was started
@@ -70,7 +70,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     docs = "\n".join(f"  {k:34s} {v}" for k, v in field_docs().items())
     p = OneLineParser(
-        prog="python -m a3c_ray.driver",
+        prog="a3c-train",
         description="Train an A3C agent with a Ray parameter server and rollout workers. "
                     "Settings come from ray_config.yaml; flags override it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -126,7 +126,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no "
-                              "config.yaml); pass a directory made by a3c_ray.driver")
+                              "config.yaml); pass a directory made by a3c-train")
         base = (load_yaml(args.config) if args.config
                 else fill_legacy_defaults(load_yaml(run_dir / "config.yaml")))
     else:
@@ -644,7 +644,7 @@ def train(cfg: Config, resume: bool = False, stream=None) -> dict:
 
 
 def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
-    from .envs import EnvBatch
+    from .core.envs import EnvBatch
 
     # Everything that can be wrong is checked before anything is written or started.
     run_dir = run_dir_for(cfg)
@@ -668,7 +668,7 @@ def _train(cfg: Config, resume: bool, stream, signals: StopSignals) -> dict:
 
 def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
          ckpt_dir: str, obs_shape: tuple, n_actions: int) -> dict:
-    from .metrics import Reporter
+    from .telemetry.metrics import Reporter
 
     cfg = cfg.replace(logging=dataclasses.replace(cfg.logging, run_dir=str(run_dir)))
     if cfg.workers.mode == "ray":  # joining a cluster can still fail (its token, version)
@@ -683,12 +683,12 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
                                (run_dir / "config.yaml").read_text())
 
     if cfg.workers.mode == "serial":
-        from .remote import SerialBackend
+        from .transport.remote import SerialBackend
 
         n = num_workers(cfg)
         backend = SerialBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run_id=run_id)
     else:
-        from .remote import RayBackend
+        from .transport.remote import RayBackend
 
         n = num_workers(cfg)
         backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name,
@@ -786,7 +786,7 @@ def _check_resume(cfg: Config, ckpt_dir: str, obs_shape: tuple, n_actions: int) 
     """The latest checkpoint must be whole and match this config, before any actor starts."""
     import tensorflow as tf
 
-    from .parameter_server import check_checkpoint, identity, verify_checkpoint
+    from .core.parameter_server import check_checkpoint, identity, verify_checkpoint
 
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if not latest:
@@ -821,7 +821,7 @@ def check_address(address: Optional[str]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .errors import CheckpointError  # light import: errors are reported before TF loads
+    from .core.errors import CheckpointError  # light import: errors are reported before TF loads
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -49,7 +49,7 @@ def wait_until(pred, timeout, what):
 
 def log_records(run, kind=None):
     """Records of a run's log.jsonl (all, or those of one type); [] before it exists."""
-    from a3c_ray.metrics import read_log
+    from a3c_ray.telemetry.metrics import read_log
 
     path = Path(run) / "log.jsonl"
     if not path.is_file():

@@ -3,7 +3,7 @@ import numpy as np
 
 import pytest
 
-from a3c_ray.aggregator import NodeAggregator, pacing_wait, step_ready
+from a3c_ray.core.aggregator import NodeAggregator, pacing_wait, step_ready
 
 
 def _stats(version, samples=10, inc="A", episodes=0):
@@ -101,9 +101,9 @@ def test_pacing_spaces_step_starts_by_a_segment_time_over_the_rate():
 def test_trainer_steps_on_samples_per_update_in_serial_mode(tmp_path):
     """The real loop (serial backend): 4 workers of 20 samples and samples_per_update 40
     make steps of two gradients; every segment the log counts reaches the PS."""
-    from a3c_ray.config import load_config
+    from a3c_ray.core.config import load_config
     from a3c_ray.driver import train
-    from a3c_ray.metrics import read_log
+    from a3c_ray.telemetry.metrics import read_log
 
     cfg = load_config(None, {
         "env.id": "CartPole-v1", "workers.mode": "serial", "workers.num_workers": 4,

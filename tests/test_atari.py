@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from a3c_ray.metrics import read_log
+from a3c_ray.telemetry.metrics import read_log
 from conftest import run_driver
 
 FAST = ["--set", "training.envs_per_worker=4", "--set", "ray.include_dashboard=false",
@@ -67,8 +67,8 @@ def test_forced_fire_after_lost_life_is_masked_out_of_the_policy_term():
     records that step with policy mask 0 (the policy did not choose it)."""
     import numpy as np
 
-    from a3c_ray.config import load_config
-    from a3c_ray.worker import RolloutWorker
+    from a3c_ray.core.config import load_config
+    from a3c_ray.core.worker import RolloutWorker
 
     cfg = load_config(None, {"env.id": "breakout", "training.envs_per_worker": 4,
                              "training.t_max": 50, "seed": 3})
@@ -94,9 +94,9 @@ def test_gae_worker_values_are_the_critics_at_the_gradient_weights():
     values the gradient's forward pass sees, so R - V in the loss is the GAE advantage."""
     import numpy as np
 
-    from a3c_ray.config import load_config
-    from a3c_ray.losses import lambda_returns
-    from a3c_ray.worker import RolloutWorker
+    from a3c_ray.core.config import load_config
+    from a3c_ray.core.losses import lambda_returns
+    from a3c_ray.core.worker import RolloutWorker
 
     # float32: this checks which weights the values come from; under bfloat16 (auto, on
     # an AMX CPU) a batch of 3 and a batch of 18 round differently (~1e-2).

@@ -8,7 +8,7 @@ from conftest import ROOT
 
 def test_bench_smoke_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, "-m", "a3c_ray.bench", "--env", "pong", "--seconds", "6",
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "--env", "pong", "--seconds", "6",
                         "--warmup", "4", "--layouts", "1x4,2x4", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -29,6 +29,6 @@ def test_bench_smoke_writes_json(tmp_path):
 
 
 def test_bench_rejects_bad_layout():
-    p = subprocess.run([sys.executable, "-m", "a3c_ray.bench", "--layouts", "2by8"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "--layouts", "2by8"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--layouts: '2by8' is not WORKERSxENVS" in p.stderr

@@ -43,7 +43,7 @@ def test_grafana_dashboard_queries_only_metrics_we_export():
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"ray_a3c_[a-z_]+", e)}
     exported = set(re.findall(r'm\.(?:Counter|Gauge|Histogram)\("(a3c_[a-z_]+)"',
-                              (CLUSTER.parent / "a3c_ray" / "metrics.py").read_text()))
+                              (CLUSTER.parent / "a3c_ray" / "telemetry" / "metrics.py").read_text()))
     # Prometheus names: ray_ prefix; counters get _total, histograms _bucket
     base = {re.sub(r"_(total|bucket|sum|count)$", "", u)[4:] for u in used}
     assert base <= exported, base - exported

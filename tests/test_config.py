@@ -1,7 +1,7 @@
 """Config loading, overrides and the one-line errors for bad input."""
 import pytest
 
-from a3c_ray.config import ConfigError, field_docs, load_config
+from a3c_ray.core.config import ConfigError, field_docs, load_config
 from conftest import run_driver
 
 
@@ -22,7 +22,7 @@ def test_default_config_loads_with_the_documented_defaults():
 
 def test_every_yaml_key_is_documented_and_present():
     import yaml
-    from a3c_ray.config import DEFAULT_CONFIG_PATH
+    from a3c_ray.core.config import DEFAULT_CONFIG_PATH
 
     raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     keys = {f"{s}.{k}" for s, v in raw.items() if isinstance(v, dict) for k in v} | {"seed"}
@@ -38,7 +38,7 @@ def test_every_key_help_lists_can_be_set_with_set():
     """`--set KEY=VALUE` reaches every key --help documents, the top-level seed too."""
     import yaml
 
-    from a3c_ray.config import parse_override
+    from a3c_ray.core.config import parse_override
 
     defaults = load_config().to_dict()
     for key in field_docs():
@@ -52,7 +52,7 @@ def test_every_key_help_lists_can_be_set_with_set():
 
 
 def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
-    from a3c_ray.config import atomic_write_text
+    from a3c_ray.core.config import atomic_write_text
 
     target = tmp_path / "latest.json"
     atomic_write_text(target, "old")
@@ -63,7 +63,7 @@ def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
 
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     # YAML 1.1 (PyYAML's safe_load) reads 1e-10 as a string; users write it anyway.
-    from a3c_ray.config import parse_override
+    from a3c_ray.core.config import parse_override
 
     key, value = parse_override("training.optimizer_epsilon=1e-10")
     assert load_config(None, {key: value}).training.optimizer_epsilon == 1e-10
@@ -113,7 +113,7 @@ def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
     (and evaluate) must not switch one on just because the default changed since."""
     import yaml
 
-    from a3c_ray.config import load_run_config, save_config
+    from a3c_ray.core.config import load_run_config, save_config
     from a3c_ray.driver import build_parser, resolve_config
 
     old, new = tmp_path / "old", tmp_path / "new"
@@ -131,7 +131,7 @@ def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
 
 
 def test_the_session11_defaults_file_restores_the_old_settings():
-    from a3c_ray.config import DEFAULT_CONFIG_PATH
+    from a3c_ray.core.config import DEFAULT_CONFIG_PATH
 
     cfg = load_config(DEFAULT_CONFIG_PATH.parent / "configs" / "session11-defaults.yaml")
     t, m = cfg.training, cfg.model
@@ -148,7 +148,7 @@ def test_the_session11_defaults_file_restores_the_old_settings():
 def test_an_old_sessions_defaults_file_restores_its_model_and_nothing_else(name, changed):
     from dataclasses import asdict
 
-    from a3c_ray.config import DEFAULT_CONFIG_PATH
+    from a3c_ray.core.config import DEFAULT_CONFIG_PATH
 
     old = asdict(load_config(DEFAULT_CONFIG_PATH.parent / "configs" / name))
     now = asdict(load_config())

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from a3c_ray.diagnose import layer_health
+from a3c_ray.tools.diagnose import layer_health
 from conftest import ROOT
 
 
@@ -25,7 +25,7 @@ def test_layer_health_golden():
 
 def test_diagnose_reads_a_real_checkpoint(short_run, tmp_path):
     out = tmp_path / "health.json"
-    p = subprocess.run([sys.executable, "-m", "a3c_ray.diagnose", str(short_run),
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.diagnose", str(short_run),
                         "--steps", "10", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -41,6 +41,6 @@ def test_diagnose_reads_a_real_checkpoint(short_run, tmp_path):
 
 
 def test_diagnose_refuses_a_missing_checkpoint(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "a3c_ray.diagnose", str(tmp_path / "nope")],
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.diagnose", str(tmp_path / "nope")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "not a run directory" in p.stderr

@@ -8,13 +8,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from a3c_ray.evaluate import choose_actions, evaluate
-from a3c_ray.plot import moving_average
+from a3c_ray.tools.evaluate import choose_actions, evaluate
+from a3c_ray.tools.plot import moving_average
 from conftest import ROOT
 
 
 def cli(module, *args):
-    return subprocess.run([sys.executable, "-m", f"a3c_ray.{module}", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", f"a3c_ray.tools.{module}", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -71,7 +71,7 @@ def test_evaluate_epsilon_is_stated_and_checked(short_run, tmp_path):
     assert json.loads(out.read_text())["epsilon"] == 0.05
     assert "greedy policy with epsilon 0.05" in p.stdout
     p = cli("evaluate", str(short_run), "--epsilon", "1.5")
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("a3c_ray")]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("a3c-evaluate")]
     assert p.returncode == 2 and len(lines) == 1 and "--epsilon must be in [0, 1]" in lines[0]
 
 
@@ -102,7 +102,7 @@ def test_evaluate_errors(short_run, tmp_path):
         f.write_bytes(b"garbage")
     p = cli("evaluate", str(bad))
     assert p.returncode == 2
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("a3c_ray")]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("a3c-evaluate")]
     assert len(lines) == 1 and "corrupt" in lines[0]
 
 
@@ -119,7 +119,7 @@ def test_plot_draws_runs(short_run, tmp_path):
 
 
 def test_compare_reads_the_logs_at_equal_steps_and_minutes(short_run, tmp_path):
-    from a3c_ray.compare import compare
+    from a3c_ray.tools.compare import compare
     from conftest import log_records
 
     eps = log_records(short_run, "episode")
@@ -152,7 +152,7 @@ def test_scores_table_row_from_a_finished_run(short_run, tmp_path):
     score `evaluate` gives, a measured random score and the paper's figure."""
     import os
 
-    from a3c_ray.metrics import read_log
+    from a3c_ray.telemetry.metrics import read_log
 
     out = tmp_path / "scores.md"
     p = cli("scores", str(short_run), "--episodes", "2", "--policy", "sampled", "-o", str(out))

@@ -171,8 +171,8 @@ def test_run_dir_lost_resumes_from_shared_storage(tmp_path):
 
 SAVER = """
 import sys, numpy as np
-from a3c_ray.config import load_config
-from a3c_ray.parameter_server import ParameterServer
+from a3c_ray.core.config import load_config
+from a3c_ray.core.parameter_server import ParameterServer
 cfg = load_config(None, {"env.id": "pong"})
 ps = ParameterServer(cfg, (4, 84, 84), 6, sys.argv[1])
 ps.restore_latest_if_any()
@@ -193,7 +193,7 @@ def test_ps_killed_during_saves_never_leaves_a_corrupt_latest(tmp_path):
     which is whole and no older than the last save that finished."""
     import random
 
-    from a3c_ray.parameter_server import verify_checkpoint
+    from a3c_ray.core.parameter_server import verify_checkpoint
     import tensorflow as tf
 
     d = str(tmp_path / "ckpt")
@@ -362,7 +362,7 @@ def test_actor_that_cannot_be_placed_fails_with_what_it_asked_for():
     naming it, instead of waiting forever."""
     import ray
 
-    from a3c_ray.remote import RayBackend, StartError
+    from a3c_ray.transport.remote import RayBackend, StartError
 
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:

@@ -1,7 +1,7 @@
 """A3C learns: CartPole-v1 through the real service (Ray actors, 2 workers)."""
 import json
 
-from a3c_ray.evaluate import evaluate
+from a3c_ray.tools.evaluate import evaluate
 from conftest import run_driver
 
 STAGE_STEPS = 150_000

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from a3c_ray.losses import a3c_loss, lambda_returns, n_step_returns, seed_lr
+from a3c_ray.core.losses import a3c_loss, lambda_returns, n_step_returns, seed_lr
 
 
 def test_returns_restart_after_terminal_and_bootstrap_at_end():
@@ -135,7 +135,7 @@ def test_wire_gradient_golden():
     import numpy as np
     import tensorflow as tf
 
-    from a3c_ray.losses import wire_gradient
+    from a3c_ray.core.losses import wire_gradient
 
     grads = [tf.constant([3.0]), tf.constant([[4.0]]), tf.constant([0.1])]
     flat, norms = wire_gradient(grads, [2, 1], samples=10.0)

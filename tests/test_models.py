@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from a3c_ray.config import load_config
-from a3c_ray.models import ActorCritic
+from a3c_ray.core.config import load_config
+from a3c_ray.core.models import ActorCritic
 
 
 def _net(obs_shape, n_actions=6, **overrides):
@@ -67,7 +67,7 @@ def test_torso_activation_below_zero(activation, slope):
 @pytest.mark.parametrize("flags,amx", [("fpu avx512f amx_bf16 amx_tile", True),
                                        ("fpu avx2 fma", False)])
 def test_auto_precision_follows_the_cpus_amx_flag(tmp_path, flags, amx):
-    from a3c_ray.models import cpu_has_amx
+    from a3c_ray.core.models import cpu_has_amx
 
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n")
@@ -76,7 +76,7 @@ def test_auto_precision_follows_the_cpus_amx_flag(tmp_path, flags, amx):
 
 
 def test_auto_precision_builds_the_resolved_policy_with_float32_weights():
-    from a3c_ray.models import cpu_has_amx
+    from a3c_ray.core.models import cpu_has_amx
 
     net = _net((4, 84, 84), **{"model.precision": "auto"})
     want = "mixed_bfloat16" if cpu_has_amx() else "float32"

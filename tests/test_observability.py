@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from a3c_ray.metrics import read_log
+from a3c_ray.telemetry.metrics import read_log
 from conftest import ROOT, log_records
 
 METRICS_PORT = 18481
@@ -176,7 +176,7 @@ def test_sigterm_writes_final_checkpoint_and_exits_cleanly(live_run):
 
 def test_run_log_is_strict_json(tmp_path):
     """A figure not measured yet (NaN) is written as null: any JSON reader takes the log."""
-    from a3c_ray.metrics import RunLog
+    from a3c_ray.telemetry.metrics import RunLog
 
     log = RunLog(tmp_path / "log.jsonl")
     log.write("status", lr=float("nan"), cpu=float("inf"), split={"env": float("nan")},

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from a3c_ray.config import load_config
-from a3c_ray.parameter_server import CheckpointError, ParameterServer
+from a3c_ray.core.config import load_config
+from a3c_ray.core.parameter_server import CheckpointError, ParameterServer
 
 
 def make_ps(tmp_path, **ov):
@@ -181,7 +181,7 @@ def test_rmsprop_bias_corrected_golden(path):
     import keras
     import tensorflow as tf
 
-    from a3c_ray.parameter_server import _fused_rmsprop, make_optimizer
+    from a3c_ray.core.parameter_server import _fused_rmsprop, make_optimizer
 
     t = load_config(None, {"training.lr": 0.01, "training.optimizer_epsilon": 1e-5}).training
     opt = make_optimizer(t)
@@ -279,7 +279,7 @@ def test_bfloat16_wire_gradient_is_applied_like_float32(tmp_path):
     steps within bfloat16's rounding (8 bits of mantissa) of the float32 gradient's step."""
     import ml_dtypes
 
-    from a3c_ray.worker import RolloutWorker
+    from a3c_ray.core.worker import RolloutWorker
 
     flats = {}
     for dtype in ("float32", "bfloat16"):
@@ -307,7 +307,7 @@ def test_checkpoints_through_tensorflows_file_systems(tmp_path):
 
     import tensorflow as tf
 
-    from a3c_ray import storage
+    from a3c_ray.core import storage
 
     cfg = load_config(None, {"env.id": "CartPole-v1"})
     d = f"file://{tmp_path}/run"

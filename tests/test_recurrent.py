@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from a3c_ray.config import ConfigError, load_config
-from a3c_ray.models import ActorCritic
-from a3c_ray.worker import RolloutWorker
+from a3c_ray.core.config import ConfigError, load_config
+from a3c_ray.core.models import ActorCritic
+from a3c_ray.core.worker import RolloutWorker
 
 
 def _cfg(**overrides):
@@ -95,8 +95,8 @@ def test_lstm_run_evaluates_and_its_checkpoint_guards_the_architecture(tmp_path)
 
     import yaml
 
-    from a3c_ray.errors import CheckpointError
-    from a3c_ray.evaluate import evaluate
+    from a3c_ray.core.errors import CheckpointError
+    from a3c_ray.tools.evaluate import evaluate
     from conftest import run_driver
 
     run = tmp_path / "pong-lstm"

@@ -40,7 +40,7 @@ def test_sixteen_workers_keep_lag_at_most_two(tmp_path):
 
 
 def _cartpole_cfg():
-    from a3c_ray.config import load_config
+    from a3c_ray.core.config import load_config
 
     return load_config(None, {"env.id": "CartPole-v1"})
 
@@ -48,7 +48,7 @@ def _cartpole_cfg():
 def test_status_and_checkpoint_answer_while_steps_run(tmp_path):
     """Control calls run in their own concurrency group: they do not wait for the
     queue of steps (asserted by completion order, not by time)."""
-    from a3c_ray.ray_actors import ParameterServerActor
+    from a3c_ray.transport.ray_actors import ParameterServerActor
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
@@ -65,7 +65,7 @@ def test_status_and_checkpoint_answer_while_steps_run(tmp_path):
         assert ray.get(status)["incarnation"] == st["incarnation"]
         path = ray.get(ckpt)
         ray.get(steps)
-        from a3c_ray.parameter_server import read_identity
+        from a3c_ray.core.parameter_server import read_identity
 
         assert read_identity(path)["game"] == "CartPole-v1"
         assert ray.get(ps.status.remote())["version"] == 6
@@ -112,7 +112,7 @@ def _costs(**ov):
 
 
 def test_model_without_pacing_shows_lag_growing_with_workers():
-    from a3c_ray.scale import simulate
+    from a3c_ray.tools.scale import simulate
 
     ratios = list(np.random.default_rng(1).normal(1, 0.08, 500).clip(0.7, 2))
     free = [simulate(_costs(), n, 32, 10.0, ratios, updates_per_segment=0)["lag"]
@@ -128,7 +128,7 @@ def test_model_without_pacing_shows_lag_growing_with_workers():
 
 
 def test_model_counts_one_sum_per_node_and_one_version_fetch_per_node():
-    from a3c_ray.scale import simulate
+    from a3c_ray.tools.scale import simulate
 
     m = simulate(_costs(), 64, 32, 10.0, [1.0], wait_for_update=False)
     assert m["nodes"] == 2

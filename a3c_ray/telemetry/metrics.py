@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import Config
+from ..core.config import Config
 
 TIME_SECTIONS = ("env", "inference", "gradient", "sync", "wait")
 

@@ -1,6 +1,6 @@
-"""Throughput benchmark: ``python -m a3c_ray.bench --env pong --seconds 60 --json out.json``.
+"""Throughput benchmark: ``a3c-bench --env pong --seconds 60 --json out.json``.
 
-(``python -m a3c_ray.bench scale`` measures unit costs and models many workers: see
+(``a3c-bench scale`` measures unit costs and models many workers: see
 ``scale.py``.)
 
 Runs the real service (parameter server, rollout workers, driver loop on Ray)
@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import Config, ConfigError, apply_overrides, from_dict, load_yaml, \
+from ..core.config import Config, ConfigError, apply_overrides, from_dict, load_yaml, \
     parse_override, DEFAULT_CONFIG_PATH
 
 
@@ -42,7 +42,7 @@ def _median_rate(fn, seconds: float, per_call: int) -> float:
 
 def measure_ale(cfg: Config, seconds: float = 4.0) -> float:
     """Raw emulator env steps/s on one core, with the run's preprocessing, random actions."""
-    from .envs import EnvBatch
+    from ..core.envs import EnvBatch
 
     n = cfg.training.envs_per_worker
     envs = EnvBatch(cfg, n, cfg.seed)
@@ -55,7 +55,7 @@ def measure_ale(cfg: Config, seconds: float = 4.0) -> float:
 
 def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
     """The network's compute rate on one core: batched inference + the segment gradient."""
-    from .worker import RolloutWorker
+    from ..core.worker import RolloutWorker
 
     w = RolloutWorker(cfg, 0, cpus=1)
     T, n = w._act_buf.shape
@@ -87,8 +87,8 @@ def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
 def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: float,
                run_dir: Path) -> dict:
     """Train for warmup + seconds with this layout; figures from the measured window."""
-    from .driver import train
-    from .metrics import read_log
+    from ..driver import train
+    from ..telemetry.metrics import read_log
 
     raw = apply_overrides(base, {
         "workers.num_workers": workers, "training.envs_per_worker": envs,
@@ -162,7 +162,7 @@ def _scale_config(args):
         base = apply_overrides(base, ov)
         return from_dict(base, source="bench"), base
     except ConfigError as e:
-        print(f"a3c_ray.bench scale: config error: {e}", file=sys.stderr)
+        print(f"a3c-bench scale: config error: {e}", file=sys.stderr)
         return None, None
 
 
@@ -172,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .scale import main as scale_main
 
         return scale_main(argv[1:], _scale_config)
-    p = argparse.ArgumentParser(prog="python -m a3c_ray.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="a3c-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="pong", help="game (default pong)")
     p.add_argument("--seconds", type=float, default=60.0, help="measured window per layout")
@@ -192,7 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = from_dict(base, source="bench")
         layouts = parse_layouts(args.layouts) if args.layouts else None
     except ConfigError as e:
-        print(f"a3c_ray.bench: config error: {e}", file=sys.stderr)
+        print(f"a3c-bench: config error: {e}", file=sys.stderr)
         return 2
     cores = os.cpu_count() or 1
     if layouts is None:
@@ -202,7 +202,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "arch": cfg.model.arch, "t_max": cfg.training.t_max, "precision": _precision(cfg)},
         "layouts": []}
     if not args.no_bounds:
-        from .models import configure_tf_threads
+        from ..core.models import configure_tf_threads
 
         configure_tf_threads(1)
         ale = measure_ale(cfg)
@@ -240,7 +240,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _precision(cfg: Config) -> str:
     """model.precision as this machine resolves it ('auto' names what it chose)."""
-    from .models import resolve_precision
+    from ..core.models import resolve_precision
 
     got = resolve_precision(cfg.model.precision)
     return got if got == cfg.model.precision else f"{cfg.model.precision} ({got})"

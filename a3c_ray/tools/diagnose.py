@@ -1,4 +1,4 @@
-"""Is a checkpoint's network alive? ``python -m a3c_ray.diagnose RUN_DIR_OR_CHECKPOINT``.
+"""Is a checkpoint's network alive? ``a3c-diagnose RUN_DIR_OR_CHECKPOINT``.
 
 A policy stuck at random play can be a network whose torso no longer depends on
 the screen: ReLUs that never fire, ELUs saturated at -1 (Pong's torso died this
@@ -19,14 +19,14 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ConfigError, load_run_config
+from ..core.config import ConfigError, load_run_config
 
 CONSTANT_STD = 1e-3
 
 
 def random_play_frames(cfg, steps: int, num_envs: int = 8, seed: int = 0):
     """Observations of `num_envs` envs under a uniform-random policy, `steps` rounds."""
-    from .envs import EnvBatch
+    from ..core.envs import EnvBatch
 
     envs = EnvBatch(cfg, num_envs, seed)
     rng = np.random.default_rng(seed)
@@ -91,9 +91,9 @@ def diagnose(target: str, steps: int = 100, num_envs: int = 8, seed: int = 0) ->
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .errors import CheckpointError
+    from ..core.errors import CheckpointError
 
-    p = argparse.ArgumentParser(prog="python -m a3c_ray.diagnose",
+    p = argparse.ArgumentParser(prog="a3c-diagnose",
                                 description="Dead and constant units of a checkpoint's torso "
                                 "on frames from random play.")
     p.add_argument("target", help="a run directory (its latest checkpoint) or a checkpoint "
@@ -104,12 +104,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.steps < 2:
-        print("a3c_ray.diagnose: --steps must be >= 2", file=sys.stderr)
+        print("a3c-diagnose: --steps must be >= 2", file=sys.stderr)
         return 2
     try:
         res = diagnose(args.target, args.steps, seed=args.seed)
     except (CheckpointError, ConfigError) as e:
-        print(f"a3c_ray.diagnose: error: {e}", file=sys.stderr)
+        print(f"a3c-diagnose: error: {e}", file=sys.stderr)
         return 2
     print(f"{res['checkpoint']} ({res['game']}, {res['activation']}), "
           f"{res['frames']} frames of random play")

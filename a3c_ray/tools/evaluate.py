@@ -1,4 +1,4 @@
-"""Play a checkpoint's policy: ``python -m a3c_ray.evaluate RUN_DIR_OR_CHECKPOINT``.
+"""Play a checkpoint's policy: ``a3c-evaluate RUN_DIR_OR_CHECKPOINT``.
 
 Uses the run's own preprocessing (its saved config) and reports the true game
 score (unclipped) and episode lengths over N episodes. Each parallel env plays a
@@ -16,15 +16,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .config import Config, ConfigError, load_run_config
+from ..core.config import Config, ConfigError, load_run_config
 
 
 def locate(target: str) -> tuple[Path, str]:
     """RUN_DIR or checkpoint prefix -> (run_dir, checkpoint prefix)."""
     import tensorflow as tf
 
-    from .errors import CheckpointError
-    from .storage import checkpoint_dir
+    from ..core.errors import CheckpointError
+    from ..core.storage import checkpoint_dir
 
     p = Path(target)
     if p.is_dir() and (p / "config.yaml").is_file():  # its checkpoints: where it saved them
@@ -44,8 +44,8 @@ def load_policy(cfg: Config, prefix: str, obs_shape: tuple, n_actions: int):
     """An ActorCritic with the checkpoint's weights (the identity is checked first)."""
     import tensorflow as tf
 
-    from .models import ActorCritic
-    from .parameter_server import check_checkpoint, identity
+    from ..core.models import ActorCritic
+    from ..core.parameter_server import check_checkpoint, identity
 
     check_checkpoint(prefix, identity(cfg, obs_shape, n_actions))
     net = ActorCritic(obs_shape, n_actions, cfg.model)
@@ -81,8 +81,8 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     """Play ``episodes`` and summarize them; ``progress`` (if given) is called after each
     episode with {"done", "total", "score", "length", "env_steps", "seconds"}; ``epsilon``
     is the chance per step of a uniform random action instead of the policy's."""
-    from .envs import EnvBatch
-    from .models import compile_policy
+    from ..core.envs import EnvBatch
+    from ..core.models import compile_policy
 
     run_dir, prefix = locate(target)
     cfg = load_run_config(run_dir)
@@ -145,8 +145,8 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     """
     from PIL import Image
 
-    from .envs import EnvBatch
-    from .models import compile_policy
+    from ..core.envs import EnvBatch
+    from ..core.models import compile_policy
 
     run_dir, prefix = locate(target)
     cfg = load_run_config(run_dir)
@@ -189,9 +189,9 @@ def _print_progress(p: dict) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .errors import CheckpointError
+    from ..core.errors import CheckpointError
 
-    p = argparse.ArgumentParser(prog="python -m a3c_ray.evaluate",
+    p = argparse.ArgumentParser(prog="a3c-evaluate",
                                 description="Play episodes with a checkpoint's policy.")
     p.add_argument("target", help="a run directory (its latest checkpoint) or a checkpoint "
                    "prefix such as RUN_DIR/checkpoints/ckpt-1200")
@@ -210,10 +210,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--video-episodes", type=int, default=1, help="episodes to record")
     args = p.parse_args(argv)
     if args.episodes < 1:
-        print("a3c_ray.evaluate: --episodes must be >= 1", file=sys.stderr)
+        print("a3c-evaluate: --episodes must be >= 1", file=sys.stderr)
         return 2
     if not 0.0 <= args.epsilon <= 1.0:
-        print(f"a3c_ray.evaluate: --epsilon must be in [0, 1], got {args.epsilon}; 0.05 is "
+        print(f"a3c-evaluate: --epsilon must be in [0, 1], got {args.epsilon}; 0.05 is "
               "DQN's evaluation protocol", file=sys.stderr)
         return 2
     try:
@@ -221,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                        progress=None if args.quiet else _print_progress,
                        epsilon=args.epsilon)
     except (CheckpointError, ConfigError) as e:
-        print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)
+        print(f"a3c-evaluate: error: {e}", file=sys.stderr)
         return 2
     print(f"{res['game']}: {res['episodes']} episodes, "
           f"{describe_policy(res['policy'], res['epsilon'])}")
@@ -238,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                       args.policy, args.seed, epsilon=args.epsilon):
                 print(f"  video: {path}")
         except ConfigError as e:
-            print(f"a3c_ray.evaluate: error: {e}", file=sys.stderr)
+            print(f"a3c-evaluate: error: {e}", file=sys.stderr)
             return 2
     return 0
 

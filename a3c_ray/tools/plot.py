@@ -1,4 +1,4 @@
-"""Learning curves: ``python -m a3c_ray.plot RUN_DIR [RUN_DIR ...] -o curves.png``.
+"""Learning curves: ``a3c-plot RUN_DIR [RUN_DIR ...] -o curves.png``.
 
 Reads each run's ``log.jsonl`` and draws, with one colour per run: score per
 episode (dots) and its moving average against env frames and against wall-clock
@@ -14,14 +14,14 @@ from typing import Optional
 
 import numpy as np
 
-from .metrics import read_log
+from ..telemetry.metrics import read_log
 
 
 def load_run(run_dir: Path) -> dict:
     log = run_dir / "log.jsonl"
     if not log.is_file():
         raise FileNotFoundError(f"{run_dir}: no log.jsonl; pass a run directory made by "
-                                "a3c_ray.driver")
+                                "a3c-train")
     recs = read_log(log)
     starts = [r for r in recs if r["type"] == "start"]
     if not starts:
@@ -108,7 +108,7 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 100, title: Optiona
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m a3c_ray.plot", description=__doc__,
+    p = argparse.ArgumentParser(prog="a3c-plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories to compare")
     p.add_argument("-o", "--out", default="curves.png", help="output PNG (default curves.png)")
@@ -118,7 +118,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         path = plot_runs([Path(r) for r in args.runs], Path(args.out), args.window, args.title)
     except (FileNotFoundError, ValueError) as e:
-        print(f"a3c_ray.plot: error: {e}", file=sys.stderr)
+        print(f"a3c-plot: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

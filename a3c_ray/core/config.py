@@ -20,7 +20,7 @@ import yaml
 
 from .storage import SCHEMES
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "ray_config.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "ray_config.yaml"
 
 #: The seed's five games. Preset name -> (ALE rom id, the seed's action subset
 #: size). The seed maps agent action i to ALE action i+1 (it drops NOOP).

@@ -27,8 +27,8 @@ import os
 import time
 from typing import Any, Optional
 
-from .aggregator import NodeAggregator, overdue
-from .config import Config
+from ..core.aggregator import NodeAggregator, overdue
+from ..core.config import Config
 
 #: Seconds a worker that Ray is restarting is resubmitted before it counts as failed.
 RESTART_PATIENCE_S = 600.0
@@ -39,8 +39,8 @@ class SerialBackend:
 
     def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
                  num_workers: int, run_id: Optional[str] = None):
-        from .parameter_server import ParameterServer
-        from .worker import RolloutWorker
+        from ..core.parameter_server import ParameterServer
+        from ..core.worker import RolloutWorker
 
         cpus = float(os.cpu_count() or 1)
         self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus,

@@ -1,4 +1,4 @@
-"""Scores table: ``python -m a3c_ray.scores RUN_DIR [RUN_DIR ...] -o docs/scores.md``.
+"""Scores table: ``a3c-scores RUN_DIR [RUN_DIR ...] -o docs/scores.md``.
 
 For each finished run: frames and wall time trained, cores, the evaluation score
 of its latest checkpoint, a random policy measured with the same protocol, and
@@ -17,8 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ConfigError, load_run_config
-from .metrics import read_log
+from ..core.config import ConfigError, load_run_config
+from ..telemetry.metrics import read_log
 
 #: A3C FF, 1 day on 16 CPU cores, human starts (Mnih et al. 2016, Table S3).
 PAPER_A3C = {"breakout": 551.6, "spaceinvaders": 2214.7, "pong": 11.4, "assault": 3746.1,
@@ -52,7 +52,7 @@ def run_cores(start: dict, cfg) -> str:
 
 
 def random_score(cfg, episodes: int = 10, seed: int = 7) -> float:
-    from .envs import EnvBatch
+    from ..core.envs import EnvBatch
 
     n = min(8, episodes)
     envs = EnvBatch(cfg, n, seed)
@@ -93,7 +93,7 @@ def build_table(rows: list[dict]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     from .evaluate import evaluate
 
-    p = argparse.ArgumentParser(prog="python -m a3c_ray.scores", description=__doc__,
+    p = argparse.ArgumentParser(prog="a3c-scores", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help="finished run directories")
     p.add_argument("--train", metavar="GAME", action="append", default=[],
@@ -105,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     runs = [Path(r) for r in args.runs]
     for game in args.train:
-        from .driver import main as driver_main
+        from ..driver import main as driver_main
 
         run = Path("runs") / f"scores-{game}"
         rc = driver_main(["--env", game, "--time-limit", str(args.minutes), "--run-dir",
@@ -120,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             s = run_summary(run)
         except (FileNotFoundError, ValueError, ConfigError) as e:
-            print(f"a3c_ray.scores: error: {e}", file=sys.stderr)
+            print(f"a3c-scores: error: {e}", file=sys.stderr)
             return 2
         ev = evaluate(str(run), episodes=args.episodes, policy=args.policy)
         rows.append({"game": s["game"], "frames": s["frames"], "wall_minutes": s["wall_minutes"],

@@ -21,8 +21,8 @@ import time
 
 import ray
 
-from .aggregator import NodeAggregator, overdue
-from .metrics import RayMetrics
+from ..core.aggregator import NodeAggregator, overdue
+from ..telemetry.metrics import RayMetrics
 from .remote import RESTART_PATIENCE_S, _text
 
 
@@ -33,7 +33,7 @@ class ParameterServerActor:
     comes back from the latest checkpoint in its directory, if there is one."""
 
     def __init__(self, cfg, obs_shape, n_actions, ckpt_dir, cpus, run, run_id=None):
-        from .parameter_server import ParameterServer  # TF: only in the processes using it
+        from ..core.parameter_server import ParameterServer  # TF: only in the processes using it
 
         self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus,
                                   run_id=run_id)
@@ -81,7 +81,7 @@ class ParameterServerActor:
 @ray.remote
 class RolloutWorkerActor:
     def __init__(self, cfg, index, cpus, run):
-        from .worker import RolloutWorker
+        from ..core.worker import RolloutWorker
 
         self.worker = RolloutWorker(cfg, index, cpus=cpus)
         self.metrics = RayMetrics(run, f"worker-{index}")

@@ -1,4 +1,4 @@
-"""Scale benchmark and model: ``python -m a3c_ray.bench scale --json FILE``.
+"""Scale benchmark and model: ``a3c-bench scale --json FILE``.
 
 Two cores cannot host 256 workers, so this measures each component's unit cost on
 this machine and composes them in an explicit model: ``simulate``, a discrete-event
@@ -35,8 +35,8 @@ from typing import Optional
 
 import numpy as np
 
-from .aggregator import pacing_wait, step_ready
-from .config import Config
+from ..core.aggregator import pacing_wait, step_ready
+from ..core.config import Config
 
 
 # ---- the model (pure) ------------------------------------------------------------
@@ -173,7 +173,7 @@ def measure_ps(cfg: Config, obs_shape: tuple, n_actions: int, ks: list[int],
     """The real PS actor stepping on k synthetic sums at a time, never idle."""
     import ray
 
-    from .ray_actors import ParameterServerActor
+    from ..transport.ray_actors import ParameterServerActor
 
     ps = ParameterServerActor.options(num_cpus=0).remote(cfg, obs_shape, n_actions, None,
                                                          1.0, "bench-scale")
@@ -216,7 +216,7 @@ def measure_ps(cfg: Config, obs_shape: tuple, n_actions: int, ks: list[int],
 
 def measure_aggregator(num_params: int, seconds: float = 2.0) -> float:
     """Seconds per worker gradient added into a node's float32 sum (real sizes)."""
-    from .aggregator import NodeAggregator
+    from ..core.aggregator import NodeAggregator
 
     g = [np.full(num_params, 1e-3 * i, np.float32) for i in range(8)]
     stats = {"version": 0, "samples": 80, "env_steps": 80, "episodes": [], "incarnation": "x"}
@@ -244,7 +244,7 @@ def _stats(i: int, episode: bool) -> dict:
 def measure_driver_segment(cfg: Config, run_dir: Path, n: int = 4000) -> float:
     """Driver CPU seconds per segment in the Reporter (log, TensorBoard means, episodes),
     in this thread's CPU time (Ray's threads in this process are not the reporter's)."""
-    from .metrics import Reporter
+    from ..telemetry.metrics import Reporter
 
     rep = Reporter(cfg, run_dir, {}, stream=open(os.devnull, "w"))
     t0 = time.thread_time()
@@ -263,7 +263,7 @@ def measure_driver_local(workers: int = 16, seconds: float = 4.0) -> float:
     cost nothing, plus one stub PS call per batch (what ``RayBackend`` does)."""
     import ray
 
-    from .remote import LocalCollector
+    from ..transport.remote import LocalCollector
 
     @ray.remote(num_cpus=0)
     class StubWorker:
@@ -356,7 +356,7 @@ def measure_driver_batch(seconds: float = 4.0) -> dict:
 
 def segment_ratios(run_dir: Path, last: int = 3000) -> tuple[list[float], dict]:
     """Segment compute times of a real run divided by their median (its jitter)."""
-    from .metrics import read_log
+    from ..telemetry.metrics import read_log
 
     recs = read_log(Path(run_dir) / "log.jsonl")
     segs = [r for r in recs if r["type"] == "segment"][-last:]
@@ -374,8 +374,8 @@ def run(cfg: Config, base: dict, args) -> dict:
     import ray
 
     from .bench import measure_ale, measure_network, run_layout
-    from .envs import EnvBatch
-    from .models import configure_tf_threads
+    from ..core.envs import EnvBatch
+    from ..core.models import configure_tf_threads
 
     configure_tf_threads(1)
     probe = EnvBatch(cfg, 1, cfg.seed)
@@ -454,7 +454,7 @@ def run(cfg: Config, base: dict, args) -> dict:
 
 
 def _precision_name(cfg: Config) -> str:
-    from .models import resolve_precision
+    from ..core.models import resolve_precision
 
     return resolve_precision(cfg.model.precision)
 
@@ -514,7 +514,7 @@ def format_scale(res: dict) -> str:
 def main(argv: Optional[list[str]], cfg_loader) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m a3c_ray.bench scale",
+    p = argparse.ArgumentParser(prog="a3c-bench scale",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="pong", help="game (default pong)")
@@ -537,7 +537,7 @@ def main(argv: Optional[list[str]], cfg_loader) -> int:
         if min(args.ks) < 1 or min(args.workers) < 1 or args.cores_per_node < 1:
             raise ValueError
     except ValueError:
-        p.exit(2, "a3c_ray.bench scale: --ks and --workers take positive integers "
+        p.exit(2, "a3c-bench scale: --ks and --workers take positive integers "
                   "separated by commas, e.g. --ks 1,4,16\n")
     cfg, base = cfg_loader(args)
     if cfg is None:

@@ -1,4 +1,4 @@
-"""Runs side by side: ``python -m a3c_ray.compare RUN_DIR RUN_DIR [...] [--by minutes]``.
+"""Runs side by side: ``a3c-compare RUN_DIR RUN_DIR [...] [--by minutes]``.
 
 Prints a Markdown table of each run's moving-average score and policy entropy at equal
 env steps (the default: which run learns more per sample) or at equal wall-clock minutes
@@ -70,7 +70,7 @@ def compare(run_dirs: list[Path], by: str = "steps", points: int = 10, window: i
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m a3c_ray.compare", description=__doc__,
+    p = argparse.ArgumentParser(prog="a3c-compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--by", choices=sorted(_AXES), default="steps",
@@ -84,11 +84,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         text = compare([Path(r) for r in args.runs], args.by, args.points, args.window)
     except (FileNotFoundError, ValueError) as e:
-        print(f"a3c_ray.compare: error: {e}", file=sys.stderr)
+        print(f"a3c-compare: error: {e}", file=sys.stderr)
         return 2
     print(text, end="")
     if args.out:
-        from .config import atomic_write_text
+        from ..core.config import atomic_write_text
 
         atomic_write_text(Path(args.out), text)
     return 0

@@ -1,0 +1,1 @@
+"""Commands around runs: evaluate, plot, compare, scores, bench (and bench scale), diagnose."""

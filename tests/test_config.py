@@ -1,7 +1,11 @@
 """Config loading, overrides and the one-line errors for bad input."""
+import re
+
 import pytest
 
-from a3c_ray.core.config import ConfigError, field_docs, load_config
+import yaml
+
+from a3c_ray.core.config import DEFAULT_CONFIG_PATH, ConfigError, field_docs, load_config
 from conftest import run_driver
 
 
@@ -130,28 +134,36 @@ def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
     assert resume(old, "--set", "training.lr_warmup_env_steps=5").training.lr_warmup_env_steps == 5
 
 
-def test_the_session11_defaults_file_restores_the_old_settings():
-    from a3c_ray.core.config import DEFAULT_CONFIG_PATH
-
-    cfg = load_config(DEFAULT_CONFIG_PATH.parent / "configs" / "session11-defaults.yaml")
-    t, m = cfg.training, cfg.model
-    assert (m.torso, m.conv_filters, m.hidden_units) == ("a3c", [16, 32], 256)
-    assert (t.t_max, t.lr, t.optimizer_epsilon, t.lr_warmup_env_steps) == (20, 1.4e-3, 1e-5, 0)
-    assert t.normalize_advantages and not cfg.workers.wait_for_update
-    assert m.activation == "elu"
+RECIPES = sorted((DEFAULT_CONFIG_PATH.parent / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name,changed", [
-    ("session12-defaults.yaml", {"activation": ("elu", "leaky_relu"),
-                                 "precision": ("float32", "auto")}),
-    ("session13-defaults.yaml", {"precision": ("float32", "auto")})])
-def test_an_old_sessions_defaults_file_restores_its_model_and_nothing_else(name, changed):
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "ps_resources":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_a_recipe_is_complete_and_differs_from_the_defaults_only_where_it_says(path):
+    """configs/*.yaml: every key written out (a later change of a default does not change
+    the recipe), and the keys its header lists are exactly those that differ."""
     from dataclasses import asdict
 
-    from a3c_ray.core.config import DEFAULT_CONFIG_PATH
+    text = path.read_text()
+    claimed = {m.group(1): yaml.safe_load(m.group(2))
+               for m in re.finditer(r"^#   ([a-z_]+\.[a-z_0-9]+): (.+)$", text, re.M)}
+    assert claimed, "the header lists no changed keys"
+    written = _flat(yaml.safe_load(text))
+    recipe, defaults = _flat(asdict(load_config(path))), _flat(asdict(load_config()))
+    assert set(written) == set(recipe), "keys missing from the recipe or unknown"
+    differ = {k: v for k, v in recipe.items() if v != defaults[k]}
+    assert differ == claimed
 
-    old = asdict(load_config(DEFAULT_CONFIG_PATH.parent / "configs" / name))
-    now = asdict(load_config())
-    for key, (was, is_now) in changed.items():
-        assert (old["model"].pop(key), now["model"].pop(key)) == (was, is_now)
-    assert old == now
+
+def test_there_are_recipes_for_the_a3c_paper_and_universe_networks():
+    names = {p.name for p in RECIPES}
+    assert {"a3c-paper-net.yaml", "universe-lstm.yaml", "float32.yaml"} <= names

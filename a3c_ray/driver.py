@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import json
 import os
@@ -34,6 +33,7 @@ from .core.config import (Config, ConfigError, apply_overrides, field_docs, fill
                      from_dict, load_yaml, parse_override, resolve_game, save_config,
                      DEFAULT_CONFIG_PATH)
 from .core import storage
+from .core.quiet import VERBOSE_ENV, stderr_captured, verbose
 from .transport.remote import StartError
 from .run_lock import RunLock, RunLockError
 
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "without Ray (debugging)")
     p.add_argument("--console", choices=("line", "quiet", "json"),
                    help="console output (logging.console)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's and Ray's start-up "
+                   "logs (kept off the console otherwise), in the driver and every actor")
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                    help="override any config key, e.g. --set training.lr=0.0005 (repeatable)")
     return p
@@ -232,12 +234,14 @@ def start_ray(cfg: Config, run_name: str) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     namespace = ray_namespace(cfg, run_name)
     env_vars = {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL",
-                                           "CUDA_VISIBLE_DEVICES")}
+                                           "CUDA_VISIBLE_DEVICES", VERBOSE_ENV)
+                if k in os.environ}
+    level = "INFO" if verbose() else "ERROR"  # Ray's start-up notices, e.g. on tokens
     if address:
-        with _stderr_captured() as captured:
+        with stderr_captured() as captured:
             try:
                 ray.init(address=address, namespace=namespace, log_to_driver=True,
-                         runtime_env={"env_vars": env_vars}, logging_level="WARNING")
+                         runtime_env={"env_vars": env_vars}, logging_level=level)
                 failed = None
             except (ConnectionError, RuntimeError, ValueError) as e:
                 failed = e
@@ -250,7 +254,7 @@ def start_ray(cfg: Config, run_name: str) -> None:
     kwargs: dict[str, Any] = dict(
         address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), namespace=namespace,
         include_dashboard=cfg.ray.include_dashboard, dashboard_host=cfg.ray.dashboard_host,
-        logging_level="WARNING", runtime_env={"env_vars": env_vars})
+        logging_level=level, runtime_env={"env_vars": env_vars})
     if cfg.ray.dashboard_port:
         kwargs["dashboard_port"] = cfg.ray.dashboard_port
     if cfg.ray.metrics_export_port:
@@ -258,27 +262,6 @@ def start_ray(cfg: Config, run_name: str) -> None:
     ctx = ray.init(**kwargs)
     if cfg.ray.include_dashboard and cfg.logging.console != "quiet":
         print(f"a3c_ray: Ray dashboard at http://{ctx.dashboard_url}", flush=True)
-
-
-@contextlib.contextmanager
-def _stderr_captured():
-    """Capture file descriptor 2 (Ray's C++ core logs there, not to sys.stderr) and
-    yield a function returning what was written."""
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        text = ""
-        try:
-            yield lambda: text
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace")
 
 
 def join_error(address: str, error: str, ray_log: str) -> str:
@@ -784,7 +767,7 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
 
 def _check_resume(cfg: Config, ckpt_dir: str, obs_shape: tuple, n_actions: int) -> None:
     """The latest checkpoint must be whole and match this config, before any actor starts."""
-    import tensorflow as tf
+    from a3c_ray.core.tflib import tf
 
     from .core.parameter_server import check_checkpoint, identity, verify_checkpoint
 
@@ -825,6 +808,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:  # before TensorFlow loads; the actors inherit it (start_ray)
+        os.environ[VERBOSE_ENV] = "1"
     try:
         cfg = resolve_config(args)
         resolve_game(cfg.env.id)

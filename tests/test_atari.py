@@ -11,6 +11,18 @@ FAST = ["--set", "training.envs_per_worker=4", "--set", "ray.include_dashboard=f
         "--set", "logging.console_interval_seconds=2", "--workers", "2"]
 
 
+#: TensorFlow's and Ray's start-up lines, kept off the console unless --verbose
+START_UP_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub",
+                  "Token authentication is enabled")
+
+
+def test_verbose_shows_the_start_up_logs(tmp_path):
+    p = run_driver("--env", "CartPole-v1", "--serial", "--total-steps", "100", "--verbose",
+                   "--run-dir", str(tmp_path / "v"), "--console", "quiet", timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "absl::InitializeLog" in p.stderr
+
+
 def records(run, kind):
     return [r for r in read_log(run / "log.jsonl") if r["type"] == kind]
 
@@ -22,6 +34,8 @@ def test_short_atari_run_then_resume(tmp_path, game, resume):
                    timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "steps/s" in p.stdout and "ETA" in p.stdout
+    assert not [ln for ln in (p.stdout + p.stderr).splitlines() if any(
+        noise in ln for noise in START_UP_NOISE)], "start-up logs on the console"
     segments = records(run, "segment")
     assert len(segments) >= 2400 // 80
     assert all(math.isfinite(s["grad_norm"]) for s in segments if s["grad_norm"] is not None)

@@ -7,7 +7,7 @@ hand-computed numbers.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from a3c_ray.core.tflib import tf
 
 
 def n_step_returns(rewards: np.ndarray, dones: np.ndarray, bootstrap: np.ndarray,

@@ -7,9 +7,9 @@ compiled graph, so workers ship compact uint8 arrays.
 
 from __future__ import annotations
 
-import keras
+from a3c_ray.core.tflib import keras
 import numpy as np
-import tensorflow as tf
+from a3c_ray.core.tflib import tf
 
 from .config import TORSO_KERNELS, ModelConfig
 

@@ -50,7 +50,7 @@ class ParameterServer:
         if checkpoint_dir:  # before any work: this node must see the run's storage
             storage.check_reachable(checkpoint_dir, run_id, socket.gethostname())
         configure_tf_threads(max(cpus, 1.0))
-        import tensorflow as tf
+        from a3c_ray.core.tflib import tf
 
         self.cfg = cfg
         tf.keras.utils.set_random_seed(cfg.seed)
@@ -274,7 +274,7 @@ class ParameterServer:
 
     def restore(self, path: Optional[str] = None) -> dict:
         """Restore from a checkpoint prefix, or the latest one in checkpoint_dir."""
-        import tensorflow as tf
+        from a3c_ray.core.tflib import tf
 
         target = path or (self._manager.latest_checkpoint if self._manager else None)
         if not target:
@@ -306,14 +306,14 @@ class ParameterServer:
 
 
 def _has_key(prefix: str, key: str) -> bool:
-    import tensorflow as tf
+    from a3c_ray.core.tflib import tf
 
     return any(name == key for name, _ in tf.train.list_variables(prefix))
 
 
 def make_optimizer(t):
     """RMSProp (A3C paper, A2C baselines) with bias-corrected mean square, or Adam."""
-    import keras
+    from a3c_ray.core.tflib import keras
 
     if t.optimizer == "adam":
         return keras.optimizers.Adam(t.lr, epsilon=t.optimizer_epsilon)
@@ -382,7 +382,7 @@ RESUMABLE_ENV = ("max_episode_frames", "id")
 
 def read_identity(prefix: str) -> dict:
     """Read the identity a checkpoint was saved with, without restoring it."""
-    import tensorflow as tf
+    from a3c_ray.core.tflib import tf
 
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -396,7 +396,7 @@ def read_identity(prefix: str) -> dict:
 
 def verify_checkpoint(prefix: str) -> None:
     """Read every tensor of a checkpoint: a truncated or corrupt one fails here, clearly."""
-    import tensorflow as tf
+    from a3c_ray.core.tflib import tf
 
     try:
         reader = tf.train.load_checkpoint(prefix)

@@ -50,7 +50,7 @@ def checkpoint_dir(storage: str, run_dir: Path) -> str:
 
 
 def _gfile():
-    import tensorflow as tf
+    from a3c_ray.core.tflib import tf
 
     return tf.io.gfile
 

@@ -25,7 +25,7 @@ from .models import ActorCritic, configure_tf_threads
 class RolloutWorker:
     def __init__(self, cfg: Config, index: int, cpus: Optional[float] = None):
         configure_tf_threads(cpus if cpus is not None else max(cfg.workers.cpus_per_worker, 1))
-        import tensorflow as tf
+        from a3c_ray.core.tflib import tf
 
         from .envs import EnvBatch
         from .losses import a3c_loss, wire_gradient
@@ -176,7 +176,7 @@ class RolloutWorker:
         return flat, stats
 
     def _rollout(self) -> tuple[list[dict], float, float]:
-        import tensorflow as tf
+        from a3c_ray.core.tflib import tf
 
         env_s = infer_s = 0.0
         episodes: list[dict] = []

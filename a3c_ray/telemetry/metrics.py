@@ -86,7 +86,7 @@ class Reporter:
         self.worker_failures = 0
         self._tb = None
         if cfg.logging.tensorboard:
-            import tensorflow as tf
+            from a3c_ray.core.tflib import tf
 
             self._tb = tf.summary.create_file_writer(str(run_dir / "tb"))
         self._tb_means: dict = {}  # tag -> [sum, count] of segment values since the last tick
@@ -157,7 +157,7 @@ class Reporter:
                        score=ep["score"], length=ep["length"],
                        avg_max_prob=round(ep["avg_max_prob"], 4), score_avg=avg)
         if self._tb is not None:
-            import tensorflow as tf
+            from a3c_ray.core.tflib import tf
 
             # Per-episode values at the episode's env step; never divided by a count.
             with self._tb.as_default(step=self.env_steps):
@@ -235,7 +235,7 @@ class Reporter:
         if self._ray_metrics is not None:
             self._ray_metrics.driver_status(st["steps_per_s"] or 0.0)
         if self._tb is not None:
-            import tensorflow as tf
+            from a3c_ray.core.tflib import tf
 
             with self._tb.as_default(step=self.env_steps):
                 tf.summary.scalar("perf/env_steps_per_s", st["steps_per_s"])
@@ -251,7 +251,7 @@ class Reporter:
 
     def _write_tb_means(self) -> None:
         """Write the segment means gathered since the last call (inside as_default)."""
-        import tensorflow as tf
+        from a3c_ray.core.tflib import tf
 
         for tag, (total, n) in self._tb_means.items():
             tf.summary.scalar(tag, total / n)

@@ -61,8 +61,8 @@ def layer_health(acts: np.ndarray) -> dict:
 
 
 def diagnose(target: str, steps: int = 100, num_envs: int = 8, seed: int = 0) -> dict:
-    import keras
-    import tensorflow as tf
+    from a3c_ray.core.tflib import keras
+    from a3c_ray.core.tflib import tf
 
     from .evaluate import load_policy, locate
 

@@ -21,7 +21,7 @@ from ..core.config import Config, ConfigError, load_run_config
 
 def locate(target: str) -> tuple[Path, str]:
     """RUN_DIR or checkpoint prefix -> (run_dir, checkpoint prefix)."""
-    import tensorflow as tf
+    from a3c_ray.core.tflib import tf
 
     from ..core.errors import CheckpointError
     from ..core.storage import checkpoint_dir
@@ -42,7 +42,7 @@ def locate(target: str) -> tuple[Path, str]:
 
 def load_policy(cfg: Config, prefix: str, obs_shape: tuple, n_actions: int):
     """An ActorCritic with the checkpoint's weights (the identity is checked first)."""
-    import tensorflow as tf
+    from a3c_ray.core.tflib import tf
 
     from ..core.models import ActorCritic
     from ..core.parameter_server import check_checkpoint, identity

@@ -161,22 +161,28 @@ class ActorCritic:
                                              self._core([self._torso_model(o_in), h0, c0]),
                                              name="shared")}
 
+    def torso_models(self) -> list:
+        """The Keras models whose layers make the torso: the LSTM net's torso, or each
+        feed-forward model (the shared one, or the actor and the critic)."""
+        return [self._torso_model] if self.recurrent else list(self.models.values())
+
     # ---- graph-side helpers (call inside tf.function) ----------------------
-    def _prep(self, obs):
+    def preprocess(self, obs):
+        """Observations as the network reads them (frames scaled to [0, 1], channels last)."""
         if self.is_image:
             return tf.transpose(tf.cast(obs, tf.float32) * (1.0 / 255.0), [0, 2, 3, 1])
         return tf.cast(obs, tf.float32)
 
     def logits(self, obs):
         self._feed_forward_only()
-        x = self._prep(obs)
+        x = self.preprocess(obs)
         if self.arch == "separate":
             return self.models["actor"](x, training=False)
         return self.models["shared"](x, training=False)[0]
 
     def value(self, obs):
         self._feed_forward_only()
-        x = self._prep(obs)
+        x = self.preprocess(obs)
         if self.arch == "separate":
             return tf.squeeze(self.models["critic"](x, training=False), -1)
         return tf.squeeze(self.models["shared"](x, training=False)[1], -1)
@@ -184,7 +190,7 @@ class ActorCritic:
     def forward(self, obs, training: bool = True):
         """Logits and V(s) from one pass (training=False at acting time, for GAE)."""
         self._feed_forward_only()
-        x = self._prep(obs)
+        x = self.preprocess(obs)
         if self.arch == "separate":
             logits = self.models["actor"](x, training=training)
             value = self.models["critic"](x, training=training)
@@ -201,7 +207,7 @@ class ActorCritic:
         if not self.recurrent:
             logits, value = self.forward(obs, training=False)
             return logits, value, state
-        feat = self._torso_model(self._prep(obs), training=False)
+        feat = self._torso_model(self.preprocess(obs), training=False)
         h, c = tf.split(state, 2, axis=-1)
         logits, value, h, c = self._core([feat, h, c], training=False)
         return logits, tf.squeeze(value, -1), tf.concat([h, c], -1)
@@ -217,7 +223,7 @@ class ActorCritic:
         if not self.recurrent:
             return self.forward(obs, training=training)
         T = starts.shape[0]
-        feat = self._torso_model(self._prep(obs), training=training)
+        feat = self._torso_model(self.preprocess(obs), training=training)
         feat = tf.reshape(feat, [T, -1, feat.shape[-1]])
         h, c = tf.split(state0, 2, axis=-1)
         logits, values = [], []

@@ -99,7 +99,7 @@ class RolloutWorker:
         def act_step(obs, state):
             return net.step(obs, state)
 
-        # the acting function (a tf.function; bench.py calls it too) and the gradient's
+        # the acting function (a tf.function) and the gradient's
         self._act = act_step if self._recurrent else act
         self._gradient = gradient
         # Calling the concrete function skips tf.function's dispatch: ~20% faster
@@ -112,6 +112,31 @@ class RolloutWorker:
         else:
             self._act_cf = (act_value if self._gae else act).get_concrete_function()
             self._value = value
+
+    # ---- the network alone (the benchmark's network bound) -------------------
+    def infer_once(self) -> np.ndarray:
+        """One batched inference call on the current observations; the logits."""
+        out = self._act(self.obs, self.state) if self._recurrent else self._act(self.obs)
+        return (out[0] if self._recurrent else out).numpy()
+
+    def gradient_once(self) -> np.ndarray:
+        """One segment's gradient on the buffers as they are (zero returns): the wire
+        vector."""
+        T, n = self.segment_shape
+        zeros = np.zeros(T * n, np.float32)
+        return self._gradient(self._obs_buf.reshape(T * n, *self.envs.obs_shape),
+                              self._act_buf.reshape(-1), zeros, np.ones(T * n, np.float32),
+                              self.net.initial_state(n), np.zeros((T, n), np.float32))[0].numpy()
+
+    @property
+    def segment_shape(self) -> tuple[int, int]:
+        """(t_max, envs): the steps and envs of one segment."""
+        return self._act_buf.shape
+
+    def tracing_counts(self) -> dict:
+        """How often the compiled functions were traced (more than once: retracing)."""
+        return {"act": self._act.experimental_get_tracing_count(),
+                "gradient": self._gradient.experimental_get_tracing_count()}
 
     # ---- one segment ---------------------------------------------------------
     def sync(self, key: tuple, flat: np.ndarray) -> float:

@@ -58,30 +58,18 @@ def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
     from ..core.worker import RolloutWorker
 
     w = RolloutWorker(cfg, 0, cpus=1)
-    T, n = w._act_buf.shape
-    obs = w._obs_buf.reshape(T * n, *w.envs.obs_shape)
-    acts = w._act_buf.reshape(-1)
-    rets = np.zeros(T * n, np.float32)
-    mask = np.ones(T * n, np.float32)
-    seg = (obs, acts, rets, mask, w.net.initial_state(n), np.zeros((T, n), np.float32))
-    act_args = (w.obs, w.state) if w.net.recurrent else (w.obs,)
-
-    def act():  # logits only (an LSTM's act also returns value and state)
-        out = w._act(*act_args)
-        return (out[0] if w.net.recurrent else out).numpy()
-
+    T, n = w.segment_shape
     for _ in range(2):  # trace and warm up
-        act()
-        w._gradient(*seg)
-    infer = _median_rate(act, seconds / 3, 1)
-    grad = _median_rate(lambda: w._gradient(*seg)[0].numpy(), 2 * seconds / 3, 1)
+        w.infer_once()
+        w.gradient_once()
+    infer = _median_rate(w.infer_once, seconds / 3, 1)
+    grad = _median_rate(w.gradient_once, 2 * seconds / 3, 1)
+    retraces = w.tracing_counts()
     w.close()
     seg_s = T / infer + 1.0 / grad
     return {"inference_ms_per_call": 1000 / infer, "gradient_ms_per_segment": 1000 / grad,
             "batch_inference": n, "batch_gradient": T * n,
-            "env_steps_per_s_per_core": T * n / seg_s,
-            "retraces": {"act": w._act.experimental_get_tracing_count(),
-                         "gradient": w._gradient.experimental_get_tracing_count()}}
+            "env_steps_per_s_per_core": T * n / seg_s, "retraces": retraces}
 
 
 def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: float,

@@ -39,12 +39,8 @@ def random_play_frames(cfg, steps: int, num_envs: int = 8, seed: int = 0):
 
 def torso_layers(net) -> list:
     """(model, the conv and dense layers of its torso), for every torso the net has."""
-    if net.recurrent:
-        models = [net._torso_model]
-    else:
-        models = list(net.models.values())
     out = []
-    for m in models:
+    for m in net.torso_models():
         layers = [layer for layer in m.layers
                   if layer.name.split("_")[-1].startswith(("conv", "fc"))]
         out.append((m, layers))
@@ -72,7 +68,7 @@ def diagnose(target: str, steps: int = 100, num_envs: int = 8, seed: int = 0) ->
         raise ConfigError(f"diagnose reads convolutional torsos; {cfg.env.id} has an MLP")
     frames, obs_shape, n_actions = random_play_frames(cfg, steps, num_envs, seed)
     net = load_policy(cfg, prefix, obs_shape, n_actions)
-    x = net._prep(tf.constant(frames))
+    x = net.preprocess(tf.constant(frames))
     layers = {}
     for model, torso in torso_layers(net):
         probe = keras.Model(model.inputs, [layer.output for layer in torso])

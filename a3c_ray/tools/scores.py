@@ -32,7 +32,7 @@ def run_summary(run_dir: Path) -> dict:
         raise ValueError(f"{run_dir}: the run has not stopped yet (no stop record)")
     starts = [r for r in recs if r["type"] == "start"]
     wall = 0.0
-    for st in starts:  # sum of the wall time of each (resumed) session
+    for st in starts:  # sum of the wall time of each start (a resumed run has several)
         end = next((r["t"] for r in recs if r["type"] == "stop" and r["t"] > st["t"]), None)
         if end:
             wall += end - st["t"]

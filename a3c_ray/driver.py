@@ -34,7 +34,7 @@ from .core.config import (Config, ConfigError, apply_overrides, field_docs, fill
                      DEFAULT_CONFIG_PATH)
 from .core import storage
 from .core.quiet import VERBOSE_ENV, stderr_captured, verbose
-from .transport.remote import StartError
+from .transport.backend import Backend, StartError
 from .run_lock import RunLock, RunLockError
 
 EXIT_CONFIG = 2  # bad input: nothing was started
@@ -340,8 +340,8 @@ class Trainer:
     stays flat whatever the number of workers.
     """
 
-    def __init__(self, cfg: Config, backend, reporter, n_workers: int, ps_incarnation: str,
-                 saved: Optional[str] = None):
+    def __init__(self, cfg: Config, backend: Backend, reporter, n_workers: int,
+                 ps_incarnation: str, saved: Optional[str] = None):
         self.cfg, self.backend, self.reporter = cfg, backend, reporter
         self.n_workers = n_workers
         self.ps_incarnation = ps_incarnation
@@ -666,12 +666,12 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
                                (run_dir / "config.yaml").read_text())
 
     if cfg.workers.mode == "serial":
-        from .transport.remote import SerialBackend
+        from .transport.serial import SerialBackend
 
         n = num_workers(cfg)
         backend = SerialBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run_id=run_id)
     else:
-        from .transport.remote import RayBackend
+        from .transport.ray_backend import RayBackend
 
         n = num_workers(cfg)
         backend = RayBackend(cfg, obs_shape, n_actions, ckpt_dir, n, run=run_dir.name,

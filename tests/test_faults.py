@@ -362,7 +362,8 @@ def test_actor_that_cannot_be_placed_fails_with_what_it_asked_for():
     naming it, instead of waiting forever."""
     import ray
 
-    from a3c_ray.transport.remote import RayBackend, StartError
+    from a3c_ray.transport.backend import StartError
+    from a3c_ray.transport.ray_backend import RayBackend
 
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:

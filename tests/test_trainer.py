@@ -76,3 +76,21 @@ def test_a_failed_worker_whose_gradient_waits_is_started_by_the_step_not_twice()
     t.queue = [_batch([0])]
     t._worker_failed(0, "aggregator 1 failed: ActorUnavailableError")
     assert t._restarts == []
+
+
+def test_both_backends_implement_the_written_down_interface():
+    """Every method of transport.backend.Backend exists in the Ray and serial backends
+    with the same parameters (the loop calls them the same way)."""
+    import inspect
+
+    from a3c_ray.transport.backend import Backend
+    from a3c_ray.transport.ray_backend import RayBackend
+    from a3c_ray.transport.serial import SerialBackend
+
+    methods = [n for n, f in vars(Backend).items() if inspect.isfunction(f) and n[0] != "_"]
+    assert len(methods) == 12
+    for cls in (RayBackend, SerialBackend):
+        for name in methods:
+            want = list(inspect.signature(getattr(Backend, name)).parameters)
+            have = list(inspect.signature(getattr(cls, name)).parameters)
+            assert have == want, (cls.__name__, name, have, want)

@@ -263,7 +263,7 @@ def measure_driver_local(workers: int = 16, seconds: float = 4.0) -> float:
     cost nothing, plus one stub PS call per batch (what ``RayBackend`` does)."""
     import ray
 
-    from ..transport.remote import LocalCollector
+    from ..transport.ray_backend import LocalCollector
 
     @ray.remote(num_cpus=0)
     class StubWorker:

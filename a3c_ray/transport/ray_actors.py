@@ -23,7 +23,7 @@ import ray
 
 from ..core.aggregator import NodeAggregator, overdue
 from ..telemetry.metrics import RayMetrics
-from .remote import RESTART_PATIENCE_S, _text
+from .backend import RESTART_PATIENCE_S, error_text
 
 
 
@@ -164,11 +164,11 @@ class AggregatorActor:
             # of sending the driver one failure per second of its start-up.
             now = time.time()
             if not retrying_since:
-                self.agg.fail(i, _text(e), retrying=True)
+                self.agg.fail(i, error_text(e), retrying=True)
                 self._ready.set()
             if now - (retrying_since or now) > RESTART_PATIENCE_S:
                 self._started.pop(i, None)
-                self.agg.fail(i, _text(e))
+                self.agg.fail(i, error_text(e))
                 self._ready.set()
                 return
             await asyncio.sleep(1.0)
@@ -178,7 +178,7 @@ class AggregatorActor:
             return
         except Exception as e:  # the worker (or the PS under its weights) died
             self._started.pop(i, None)
-            self.agg.fail(i, _text(e))
+            self.agg.fail(i, error_text(e))
         else:
             self.agg.add(i, grad, stats, grad_ref)
             if self.play_on and self._box is not None:

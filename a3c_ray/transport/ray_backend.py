@@ -1,102 +1,15 @@
-"""Transport: how the driver reaches the parameter server, aggregators and workers.
-
-Two backends with one interface, so the driver loop (``driver.Trainer``) is the same
-code in both:
-
-    start()                      every worker starts a segment with the PS's weights
-    poll(timeout, hold) -> (batches, applied)
-                                 batches: what aggregators gathered (NodeAggregator.take);
-                                 applied: finished steps' records, or errors;
-                                 hold: no step can start before that many seconds pass
-    apply(batches)               one PS step on these batches' sums (at most one in flight)
-    release(workers, after_apply) workers play on, with the weights of the step just
-                                 dispatched (after_apply) or the newest finished one
-    restart(workers)             start a segment again after a failure (newest weights)
-    stepping() -> bool           a step is in flight
-    kill_hung(limit_s)           kill (Ray restarts) workers whose segment runs too long
-    status() / checkpoint(extra) / health() / shutdown()
-
-* ``RayBackend``: named Ray actors (``ray_actors.py``). Gradients and weights move as
-  ObjectRefs between actors; the driver handles one small batch per node and step.
-* ``SerialBackend``: the same plain classes in this process (debugging, tests).
-"""
+"""The Ray backend: the PS, the workers and one aggregator per worker node as named Ray
+actors (``ray_actors``); the workers on the PS's node run by the driver itself
+(``LocalCollector``). Gradients and weights move as ObjectRefs between actors."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Optional
 
 from ..core.aggregator import NodeAggregator, overdue
 from ..core.config import Config
-
-#: Seconds a worker that Ray is restarting is resubmitted before it counts as failed.
-RESTART_PATIENCE_S = 600.0
-
-
-class SerialBackend:
-    """Everything in one process: workers run one after another."""
-
-    def __init__(self, cfg: Config, obs_shape: tuple, n_actions: int, ckpt_dir: str,
-                 num_workers: int, run_id: Optional[str] = None):
-        from ..core.parameter_server import ParameterServer
-        from ..core.worker import RolloutWorker
-
-        cpus = float(os.cpu_count() or 1)
-        self.ps = ParameterServer(cfg, obs_shape, n_actions, ckpt_dir, cpus=cpus,
-                                  run_id=run_id)
-        self.ps.restore_latest_if_any()
-        self.workers = [RolloutWorker(cfg, i, cpus=cpus) for i in range(num_workers)]
-        self.agg = NodeAggregator(0, "local")
-        self._queue: list[tuple[int, dict]] = []  # (worker, weights it plays with)
-        self._applied: list[dict] = []
-        self._newest = self.ps.weights()
-
-    def start(self) -> None:
-        self.release(list(range(len(self.workers))), after_apply=False)
-
-    def poll(self, timeout: float, hold: float = 0.0) -> tuple[list[dict], list[dict]]:
-        if self._queue:
-            i, w = self._queue.pop(0)
-            sync_s = self.workers[i].sync((w["incarnation"], w["version"]), w["weights"])
-            grad, stats = self.workers[i].compute_gradients(sync_s)
-            self.agg.add(i, grad, stats)
-        applied, self._applied = self._applied, []
-        return ([self.agg.take()] if self.agg.has_output() else []), applied
-
-    def apply(self, batches: list[dict]) -> None:
-        parts = [p for b in batches for p in b["parts"]]
-        rec = self.ps.apply([g for g, _ in parts], [m for _, m in parts])
-        self._newest = self.ps.weights()
-        self._applied.append(rec)
-
-    def release(self, workers: list[int], after_apply: bool) -> None:
-        self._queue.extend((i, self._newest) for i in workers)
-
-    def restart(self, workers: list[int]) -> None:
-        self.release(workers, after_apply=False)
-
-    def stepping(self) -> bool:
-        return False
-
-    def kill_hung(self, limit_s: float) -> None:
-        pass  # one process: a hung segment is this process hanging
-
-    def ps_restarted(self) -> None:
-        self._newest = self.ps.weights()
-
-    def checkpoint(self, extra: dict, timeout_s: float = 0.0) -> str:
-        return self.ps.save_checkpoint(extra)
-
-    def status(self, timeout_s: float = 0.0) -> dict:
-        return {**self.ps.status(), "published": None}
-
-    def health(self) -> dict:
-        return {}
-
-    def shutdown(self) -> None:
-        for w in self.workers:
-            w.close()
+from .backend import RESTART_PATIENCE_S, StartError, creation_error, error_text
 
 
 class LocalCollector:
@@ -154,13 +67,13 @@ class LocalCollector:
         except self.ray.exceptions.ActorUnavailableError as e:
             now = time.time()
             if not since:
-                self.agg.fail(i, _text(e), retrying=True)
+                self.agg.fail(i, error_text(e), retrying=True)
             if now - (since or now) > RESTART_PATIENCE_S:
-                self.agg.fail(i, _text(e))
+                self.agg.fail(i, error_text(e))
             else:
                 self._retry.append((now + 1.0, i, since or now))
         except self.ray.exceptions.RayError as e:  # the worker or its weights' step died
-            self.agg.fail(i, _text(e))
+            self.agg.fail(i, error_text(e))
         else:
             self.agg.add(i, None, stats, grad_ref)
 
@@ -291,7 +204,7 @@ class RayBackend:
         try:
             handle = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
-            return {"error": _text(e)}
+            return {"error": error_text(e)}
         self._newest = ref
         self.local.box = [ref]
         if self.play_on:  # aggregators restart finished workers themselves
@@ -381,25 +294,6 @@ class RayBackend:
     def shutdown(self) -> None:
         for actor in [*self.aggregators, *self.workers, self.ps]:
             self.ray.kill(actor)
-
-
-class StartError(RuntimeError):
-    """An actor did not start: the message says why and what to do."""
-
-
-def creation_error(e: Exception) -> str:
-    """The user-facing line of an actor's failed __init__ (its exception's own message),
-    not Ray's wrapper and traceback."""
-    import re
-
-    found = re.findall(r"^\s*(?:[\w.]+\.)?(\w+Error): (.+)$", str(e), re.M)
-    mine = [f for f in found if f[0] not in ("RayActorError", "ActorDiedError",
-                                               "RayTaskError")]
-    return (mine[-1][1] if mine else str(e).splitlines()[0])[:400]
-
-
-def _text(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
 def object_store_used_mb() -> Optional[float]:

@@ -226,9 +226,11 @@ def ray_namespace(cfg: Config, run_name: str) -> str:
 
 
 _NAMESPACE: Optional[str] = None
+_SESSION_DIR: Optional[str] = None  # ray.init's address_info["session_dir"]
 
 
 def start_ray(cfg: Config, run_name: str) -> None:
+    global _SESSION_DIR
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
@@ -240,14 +242,15 @@ def start_ray(cfg: Config, run_name: str) -> None:
     if address:
         with stderr_captured() as captured:
             try:
-                ray.init(address=address, namespace=namespace, log_to_driver=True,
-                         runtime_env={"env_vars": env_vars}, logging_level=level)
+                ctx = ray.init(address=address, namespace=namespace, log_to_driver=True,
+                               runtime_env={"env_vars": env_vars}, logging_level=level)
                 failed = None
             except (ConnectionError, RuntimeError, ValueError) as e:
                 failed = e
         if failed is not None:
             raise RunError(join_error(address, str(failed), captured())) from None
         sys.stderr.write(captured())  # what Ray said while joining, now that it worked
+        _SESSION_DIR = ctx.address_info.get("session_dir")
         return
     # address="local": a Ray of its own even if `ray start` runs a cluster on this machine
     # (ray.init would join that one, and refuse num_cpus there).
@@ -260,6 +263,7 @@ def start_ray(cfg: Config, run_name: str) -> None:
     if cfg.ray.metrics_export_port:
         kwargs["_metrics_export_port"] = cfg.ray.metrics_export_port
     ctx = ray.init(**kwargs)
+    _SESSION_DIR = ctx.address_info.get("session_dir")
     if cfg.ray.include_dashboard and cfg.logging.console != "quiet":
         print(f"a3c_ray: Ray dashboard at http://{ctx.dashboard_url}", flush=True)
 
@@ -282,13 +286,9 @@ def join_error(address: str, error: str, ray_log: str) -> str:
 
 
 def ray_session_dir() -> Optional[str]:
-    """The Ray session directory on this node (its logs and Prometheus scrape config)."""
-    try:
-        from ray._private import worker as ray_worker
-
-        return ray_worker._global_node.get_session_dir_path()
-    except Exception:  # private API: informational only
-        return None
+    """The Ray session directory on this node (its logs and Prometheus scrape config), as
+    ray.init reported it."""
+    return _SESSION_DIR
 
 
 def check_local_cpus(cfg: Config) -> None:

@@ -332,6 +332,11 @@ def make_optimizer(t):
             super().update_step(gradient, variable,
                                 ops.cast(learning_rate, variable.dtype) * correction)
 
+        def mean_square(self, variable):
+            """The mean-square slot of `variable` (Keras' RMSprop keeps it as a velocity
+            and offers no public accessor; this subclass is where that knowledge lives)."""
+            return self._velocities[self._get_variable_index(variable)]
+
     return RMSPropBC(t.lr, rho=t.rmsprop_decay, epsilon=t.optimizer_epsilon)
 
 
@@ -349,7 +354,7 @@ def _fused_rmsprop(tf, opt, variables, grads, scratch) -> None:
     # learning_rate is a variable, read when the graph runs: the schedule reaches it.
     lr_t = tf.cast(opt.learning_rate, tf.float32) * tf.sqrt(1.0 - tf.pow(rho, t))
     for v, g, m in zip(variables, grads, scratch):
-        ms = opt._velocities[opt._get_variable_index(v)]
+        ms = opt.mean_square(v)
         tf.raw_ops.ResourceApplyRMSProp(
             var=v.value.handle, ms=ms.value.handle, mom=m.handle, lr=lr_t,
             rho=rho, momentum=tf.constant(0.0, tf.float32),

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .core.aggregator import pacing_wait, step_ready
-from .core.config import (Config, ConfigError, apply_overrides, field_docs, fill_legacy_defaults,
-                     from_dict, load_yaml, parse_override, resolve_game, save_config,
-                     DEFAULT_CONFIG_PATH)
+from .core.config import (Config, ConfigError, field_docs, fill_legacy_defaults, load_config,
+                          load_yaml, resolve_game, save_config)
 from .core import storage
 from .core.quiet import VERBOSE_ENV, stderr_captured, verbose
 from .transport.backend import Backend, StartError
@@ -123,41 +122,25 @@ def _float_arg(flag: str):
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """File (or the resumed run's saved config) + flags -> validated Config."""
+    """File (or the resumed run's saved config) + --set + flags -> validated Config."""
+    base = None
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume: {str(run_dir)!r} is not a run directory (no "
                               "config.yaml); pass a directory made by a3c-train")
-        base = (load_yaml(args.config) if args.config
-                else fill_legacy_defaults(load_yaml(run_dir / "config.yaml")))
-    else:
-        base = load_yaml(args.config or DEFAULT_CONFIG_PATH)
-    ov: dict[str, Any] = {}
-    for text in args.set:
-        k, v = parse_override(text)
-        ov[k] = v
-    if args.env is not None:
-        ov["env.id"] = args.env
+        if not args.config:
+            base = fill_legacy_defaults(load_yaml(run_dir / "config.yaml"))
+    flags = {"env.id": args.env, "training.total_env_steps": args.total_steps,
+             "training.time_limit_minutes": args.time_limit, "seed": args.seed,
+             "logging.run_dir": args.resume or args.run_dir, "ray.address": args.address,
+             "workers.mode": "serial" if args.serial else None, "logging.console": args.console}
     if args.workers is not None:
-        ov["workers.num_workers"] = "auto" if args.workers == "auto" else _workers(args.workers)
-    if args.total_steps is not None:
-        ov["training.total_env_steps"] = args.total_steps
-    if args.time_limit is not None:
-        ov["training.time_limit_minutes"] = args.time_limit
-    if args.seed is not None:
-        ov["seed"] = args.seed
-    if args.run_dir is not None:
-        ov["logging.run_dir"] = args.run_dir
-    if args.resume:
-        ov["logging.run_dir"] = str(args.resume)
-    if args.address is not None:
-        ov["ray.address"] = args.address
-    if args.serial:
-        ov["workers.mode"] = "serial"
-    if args.console is not None:
-        ov["logging.console"] = args.console
-    return from_dict(apply_overrides(base, ov), source=Path(args.config or "ray_config.yaml").name)
+        flags["workers.num_workers"] = ("auto" if args.workers == "auto"
+                                        else _workers(args.workers))
+    flags = {k: v for k, v in flags.items() if v is not None}
+    return load_config(args.config, flags, args.set, base=base,
+                       source=Path(args.config or "ray_config.yaml").name)
 
 
 def _workers(s: str) -> int:

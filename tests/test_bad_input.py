@@ -69,7 +69,7 @@ FLAG_CASES = {
     "rom_typo": (["--env", "ms_pacmn"], "did you mean 'ms_pacman'?"),
     "lr_zero": (["--set", "training.lr=0"], "training.lr: a learning rate of 0"),
     "lr_nan": (["--set", "training.lr=nan"], "training.lr: must be a number"),
-    "lr_inf": (["--set", "training.lr=.inf"], "training.lr: must be <= 1.0, got inf"),
+    "lr_inf": (["--set", "training.lr=.inf"], "training.lr: must be a finite number, got inf"),
     "vector_typo": (["--env", "cartpole"], "did you mean 'CartPole-v1'?"),
     "decay_one": (["--set", "training.rmsprop_decay=1"], "training.rmsprop_decay: decay 1"),
     "epsilon_zero": (["--set", "training.optimizer_epsilon=0"],

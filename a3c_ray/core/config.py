@@ -3,20 +3,25 @@
 Every setting lives in ``ray_config.yaml``; command-line flags override it. The
 resolved config is validated as a whole (types, ranges, cross-field rules) before
 Ray starts, and every error is one line that names the key and says how to fix it.
-Field documentation is kept in each dataclass field's ``metadata["doc"]`` so that
-``--help``, the YAML file and error messages draw from one place.
+The sections are pydantic dataclasses: pydantic checks each value's type and range (its
+errors are turned into those lines by ``_one_line``), ``validate`` the rules across
+fields. Each field's description is its documentation, so ``--help`` and the errors draw
+from one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
+from pydantic import ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic.dataclasses import dataclass
 
 from .storage import SCHEMES
 
@@ -47,101 +52,120 @@ class ConfigError(ValueError):
     """A bad setting: the message names the key and the fix, on one line."""
 
 
-def _f(default: Any, doc: str, **kw: Any) -> Any:
-    """A dataclass field with its documentation attached."""
+# Field types: strict (a YAML "4" is not the integer 4, true is not 1), ints accepted
+# where a float is expected, NaN and infinities refused.
+Int = StrictInt
+Float = Annotated[float, Strict()]
+Bool = StrictBool
+Str = StrictStr
+PosIntList = list[Annotated[StrictInt, Field(gt=0)]]
+Resources = dict[StrictStr, Union[StrictInt, Float]]  # amounts as given (1 stays 1)
+Workers = Union[Annotated[StrictInt, Field(ge=1)], Literal["auto"]]
+ActionSet = Literal["minimal", "seed"]
+Arch = Literal["separate", "shared"]
+Torso = Literal["a3c", "nature", "universe"]
+Activation = Literal["relu", "elu", "leaky_relu"]
+Precision = Literal["float32", "mixed_bfloat16", "auto"]
+Optimizer = Literal["rmsprop", "adam"]
+LrSchedule = Literal["seed_log", "constant", "linear"]
+Mode = Literal["ray", "serial"]
+WireDtype = Literal["float32", "bfloat16"]
+Console = Literal["line", "quiet", "json"]
+
+#: Every section: unknown keys are errors, values are validated when a section is made.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _f(default: Any, doc: str, min: Any = None, max: Any = None) -> Any:  # noqa: A002
+    """A field with its documentation (``--help``, errors) and its range."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
-    return field(default=default, metadata={"doc": doc, **kw})
+        return Field(default_factory=lambda: type(default)(default), description=doc,
+                     ge=min, le=max)
+    return Field(default=default, description=doc, ge=min, le=max)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class EnvConfig:
-    id: str = _f("breakout", "Game: a seed preset (breakout, pong, spaceinvaders, assault, "
+    id: Str = _f("breakout", "Game: a seed preset (breakout, pong, spaceinvaders, assault, "
                  "beamrider), any ALE rom name (e.g. ms_pacman, 'ALE/MsPacman-v5'), or a "
                  "vector-observation gymnasium env (CartPole-v1) that uses the MLP.")
-    action_set: str = _f("minimal", "'minimal': the game's minimal ALE action set; 'seed': "
-                         "the seed's subset (agent action i -> ALE action i+1, no NOOP).",
-                         choices=("minimal", "seed"))
-    frame_skip: int = _f(4, "Emulator frames per agent step (max-pooled over the last two).",
+    action_set: ActionSet = _f("minimal", "'minimal': the game's minimal ALE action set; 'seed': "
+                         "the seed's subset (agent action i -> ALE action i+1, no NOOP).")
+    frame_skip: Int = _f(4, "Emulator frames per agent step (max-pooled over the last two).",
                          min=1, max=16)
-    frame_stack: int = _f(4, "Frames stacked into one observation.", min=1, max=16)
-    screen_size: int = _f(84, "Observation height and width in pixels (greyscale).",
+    frame_stack: Int = _f(4, "Frames stacked into one observation.", min=1, max=16)
+    screen_size: Int = _f(84, "Observation height and width in pixels (greyscale).",
                           min=16, max=210)
-    noop_max: int = _f(30, "Up to this many no-op actions at each reset (random starts).",
+    noop_max: Int = _f(30, "Up to this many no-op actions at each reset (random starts).",
                        min=0, max=1000)
-    fire_reset: bool = _f(True, "Press FIRE at reset and after a lost life in games that "
+    fire_reset: Bool = _f(True, "Press FIRE at reset and after a lost life in games that "
                           "need it to start (Breakout, BeamRider, ...).")
-    terminal_on_life_loss: bool = _f(True, "Treat a lost life as the end of the return "
+    terminal_on_life_loss: Bool = _f(True, "Treat a lost life as the end of the return "
                                      "(no bootstrap across it); the game itself goes on.")
-    reward_clip: float = _f(1.0, "Training rewards are clipped to [-x, x]; 0 disables. The "
+    reward_clip: Float = _f(1.0, "Training rewards are clipped to [-x, x]; 0 disables. The "
                             "true score is always what is reported.", min=0.0)
-    repeat_action_probability: float = _f(0.0, "Sticky actions (0.25 in the ALE v5 protocol; "
+    repeat_action_probability: Float = _f(0.0, "Sticky actions (0.25 in the ALE v5 protocol; "
                                           "0 as in the seed and the A3C paper).", min=0.0, max=0.99)
-    max_episode_frames: int = _f(108000, "Episode truncated after this many emulator frames "
+    max_episode_frames: Int = _f(108000, "Episode truncated after this many emulator frames "
                                  "(30 minutes of play).", min=100)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class ModelConfig:
-    arch: str = _f("shared", "'separate': the seed's two networks (actor and critic, each "
-                   "Conv32 8x8/4, Conv64 4x4/2, Dense 512); 'shared': one torso, two heads.",
-                   choices=("separate", "shared"))
-    torso: str = _f("nature", "Convolutional torso: 'a3c' (two convolutions, 8x8 stride 4 and "
+    arch: Arch = _f("shared", "'separate': the seed's two networks (actor and critic, each "
+                   "Conv32 8x8/4, Conv64 4x4/2, Dense 512); 'shared': one torso, two heads.")
+    torso: Torso = _f("nature", "Convolutional torso: 'a3c' (two convolutions, 8x8 stride 4 and "
                     "4x4 stride 2, as in the A3C paper and the seed), 'nature' (three: 8x8/4, "
                     "4x4/2, 3x3/1, the DQN Nature network the A2C baselines use; with "
                     "conv_filters [32, 64, 64] and hidden_units 512) or 'universe' (one 3x3 "
                     "stride-2 'same' convolution per conv_filters entry, as in "
-                    "universe-starter-agent; made for 42x42 input).",
-                    choices=("a3c", "nature", "universe"))
-    conv_filters: list = _f([32, 64, 64], "Filters per convolution. torso 'a3c': exactly "
+                    "universe-starter-agent; made for 42x42 input).")
+    conv_filters: PosIntList = _f([32, 64, 64], "Filters per convolution. torso 'a3c': exactly "
                             "two; [32, 64] is the seed's network, [16, 32] the A3C paper's "
                             "(about 3x cheaper). torso 'nature': exactly three, [32, 64, 64] "
                             "as in the DQN Nature network. torso 'universe': "
                             "one to six; [32, 32, 32, 32] is universe-starter-agent's.")
-    hidden_units: int = _f(512, "Units of the dense layer after the convolutions "
+    hidden_units: Int = _f(512, "Units of the dense layer after the convolutions "
                            "(512 seed and Nature network, 256 A3C paper).", min=1)
-    activation: str = _f("leaky_relu", "Activation of the convolutional torso: "
+    activation: Activation = _f("leaky_relu", "Activation of the convolutional torso: "
                          "'leaky_relu' (slope 0.01 below zero: a unit pushed below zero "
                          "still gets a gradient, which an adaptive optimizer scales up, so "
                          "it can come back; level with ELU on Pong, Breakout 40.4 against "
                          "ELU's 3.2 at 0.94 M steps, docs/experiments.md), 'elu' "
                          "(universe-starter-agent; alive on Pong, slow on Breakout) or "
                          "'relu' (A3C paper, A2C baselines; with every layer adaptive, "
-                         "Pong's ReLUs die: 91% of conv1 at 0.37 M steps).",
-                         choices=("relu", "elu", "leaky_relu"))
-    lstm_units: int = _f(0, "0: feed-forward. Above 0: an LSTM of this many units after the "
+                         "Pong's ReLUs die: 91% of conv1 at 0.37 M steps).")
+    lstm_units: Int = _f(0, "0: feed-forward. Above 0: an LSTM of this many units after the "
                          "convolutions (replacing the dense layer; for vector envs, after "
                          "the MLP), its state carried across segments and reset at each "
                          "episode's start, as in universe-starter-agent and RLlib's A3C "
                          "(256 there, with torso 'universe' on 42x42). Needs arch 'shared' "
                          "(mlp_arch 'shared' for vector envs).", min=0, max=4096)
-    mlp_hidden_units: list = _f([64, 64], "Hidden layer sizes of the MLP used for "
+    mlp_hidden_units: PosIntList = _f([64, 64], "Hidden layer sizes of the MLP used for "
                                 "vector-observation envs.")
-    mlp_arch: str = _f("separate", "Like arch, for the MLP of vector-observation envs "
-                       "(separate nets are cheap there and learn CartPole faster).",
-                       choices=("separate", "shared"))
-    precision: str = _f("auto", "'float32', 'mixed_bfloat16' (Keras mixed precision: "
+    mlp_arch: Arch = _f("separate", "Like arch, for the MLP of vector-observation envs "
+                       "(separate nets are cheap there and learn CartPole faster).")
+    precision: Precision = _f("auto", "'float32', 'mixed_bfloat16' (Keras mixed precision: "
                         "bfloat16 compute, float32 weights and optimizer) or 'auto' "
                         "(mixed_bfloat16 for the Atari networks where the CPU has AMX, "
                         "float32 elsewhere and for MLPs, decided by each process for its "
-                        "own machine). bfloat16 without AMX is several times slower.",
-                        choices=("float32", "mixed_bfloat16", "auto"))
+                        "own machine). bfloat16 without AMX is several times slower.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class TrainingConfig:
-    discount: float = _f(0.99, "Discount factor gamma.", min=0.0, max=1.0)
-    t_max: int = _f(5, "Steps per segment in each env before a gradient is computed "
+    discount: Float = _f(0.99, "Discount factor gamma.", min=0.0, max=1.0)
+    t_max: Int = _f(5, "Steps per segment in each env before a gradient is computed "
                     "(5 as in the A3C paper and the A2C baselines; the seed used 20).",
                     min=1, max=10000)
-    envs_per_worker: int = _f(16, "Environments each rollout worker steps together "
+    envs_per_worker: Int = _f(16, "Environments each rollout worker steps together "
                               "(inference is batched over them).", min=1, max=1024)
-    gae_lambda: float = _f(1.0, "Lambda of generalized advantage estimation: 1 gives the "
+    gae_lambda: Float = _f(1.0, "Lambda of generalized advantage estimation: 1 gives the "
                            "A3C paper's n-step returns (up to t_max steps), lower values lean "
                            "on the critic for less variance (PPO uses 0.95).",
                            min=0.0, max=1.0)
-    entropy_coef: float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
-    normalize_advantages: bool = _f(False, "Scale each batch's advantages to mean 0, std 1 "
+    entropy_coef: Float = _f(0.01, "Weight of the entropy bonus in the policy loss.", min=0.0)
+    normalize_advantages: Bool = _f(False, "Scale each batch's advantages to mean 0, std 1 "
                                     "in the policy term (as in PPO implementations): the "
                                     "policy gradient keeps its weight against the entropy "
                                     "bonus when rewards are rare or the critic is young. "
@@ -149,30 +173,28 @@ class TrainingConfig:
                                     "+45%); with every layer adaptive (epsilon 1e-10) it "
                                     "collapses the policy. false: the A3C "
                                     "paper's raw advantages.")
-    value_loss_coef: float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
-    grad_clip_norm: float = _f(0.5, "Gradients are clipped to this global norm, per network "
+    value_loss_coef: Float = _f(0.5, "Weight of the value (critic) loss.", min=0.0)
+    grad_clip_norm: Float = _f(0.5, "Gradients are clipped to this global norm, per network "
                                "(actor and critic apart when separate; 0 = off). "
                                "0.5 as in the A2C baselines: rare huge gradients otherwise "
                                "dominate the optimizer's second moments and freeze the torso.",
                                min=0.0)
-    optimizer: str = _f("rmsprop", "'rmsprop' (as in the A3C paper; the mean square starts "
+    optimizer: Optimizer = _f("rmsprop", "'rmsprop' (as in the A3C paper; the mean square starts "
                         "at 0 and is bias-corrected as in Adam, so neither Keras' start-up "
-                        "spike nor TF1's slow warm-up) or 'adam'.",
-                        choices=("rmsprop", "adam"))
-    lr: float = _f(7e-4, "Base learning rate of the optimizer (the A2C baselines' 7e-4, "
+                        "spike nor TF1's slow warm-up) or 'adam'.")
+    lr: Float = _f(7e-4, "Base learning rate of the optimizer (the A2C baselines' 7e-4, "
                     "for 80 samples per update: t_max 5 x 16 envs).", min=0.0, max=1.0)
-    lr_schedule: str = _f("constant", "'constant'; 'linear': lr * (1 - env_steps / "
+    lr_schedule: LrSchedule = _f("constant", "'constant'; 'linear': lr * (1 - env_steps / "
                           "total_env_steps), down to 0 at the end (A2C baselines; needs "
                           "total_env_steps); 'seed_log': lr / log10(0.01 * episodes + 10) "
-                          "driven by the global episode count (the seed's schedule).",
-                          choices=("seed_log", "constant", "linear"))
-    lr_warmup_env_steps: int = _f(100_000, "The learning rate rises linearly from 0 to its "
+                          "driven by the global episode count (the seed's schedule).")
+    lr_warmup_env_steps: Int = _f(100_000, "The learning rate rises linearly from 0 to its "
                                   "scheduled value over this many agent steps (0 = off): "
                                   "an adaptive optimizer's first updates move every weight "
                                   "by about lr whatever its gradient.", min=0)
-    rmsprop_decay: float = _f(0.99, "RMSProp's decay of the mean squared gradient.",
+    rmsprop_decay: Float = _f(0.99, "RMSProp's decay of the mean squared gradient.",
                               min=0.0, max=1.0)
-    optimizer_epsilon: float = _f(1e-10, "Epsilon of RMSProp (inside the square root) or "
+    optimizer_epsilon: Float = _f(1e-10, "Epsilon of RMSProp (inside the square root) or "
                                   "Adam. 1e-10 (PyTorch's 1e-5 outside) makes every layer "
                                   "adaptive. 1e-5 inside the root (TF1, A2C baselines) is "
                                   "larger than most layers' "
@@ -180,10 +202,10 @@ class TrainingConfig:
                                   "Breakout stayed near random for a million steps "
                                   "(docs/experiments.md).",
                                   min=0.0)
-    max_policy_lag: int = _f(0, "Gradients computed from weights more than this many "
+    max_policy_lag: Int = _f(0, "Gradients computed from weights more than this many "
                              "versions old are dropped and counted (0 = no bound). A "
                              "node's sum is judged by its oldest gradient.", min=0)
-    samples_per_update: int = _f(80, "An optimizer step waits until the gradients waiting "
+    samples_per_update: Int = _f(80, "An optimizer step waits until the gradients waiting "
                                  "for the PS hold at least this many samples (or until no "
                                  "worker is still playing), then applies the sample-weighted "
                                  "mean of all that wait, with the learning rate of one step. "
@@ -193,7 +215,7 @@ class TrainingConfig:
                                  "workers) a step takes them all, so versions, and policy lag, "
                                  "do not grow with the number of workers; each step is then a "
                                  "larger batch. 1: step on whatever waits.", min=1)
-    max_updates_per_segment: float = _f(2.0, "At most this many optimizer steps per "
+    max_updates_per_segment: Float = _f(2.0, "At most this many optimizer steps per "
                                         "segment time (a worker's median time to play and "
                                         "compute one segment, measured as the run goes): "
                                         "steps start at least segment time / this apart. "
@@ -204,27 +226,27 @@ class TrainingConfig:
                                         "instead of rising. No more workers than this are "
                                         "never held back: each makes at most one gradient "
                                         "per segment time. 0: no bound.", min=0.0)
-    total_env_steps: int = _f(20_000_000, "Stop after this many agent steps over all envs "
+    total_env_steps: Int = _f(20_000_000, "Stop after this many agent steps over all envs "
                               "(one step = frame_skip frames); 0 = no limit.", min=0)
-    total_episodes: int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)
-    time_limit_minutes: float = _f(0.0, "Stop after this much wall-clock time of this "
+    total_episodes: Int = _f(0, "Stop after this many finished episodes; 0 = no limit.", min=0)
+    time_limit_minutes: Float = _f(0.0, "Stop after this much wall-clock time of this "
                                    "driver process (a resumed run gets this much more); "
                                    "0 = no limit.", min=0.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class WorkersConfig:
-    num_workers: Union[int, str] = _f("auto", "Rollout-worker actors; 'auto' = one per CPU "
+    num_workers: Workers = _f("auto", "Rollout-worker actors; 'auto' = one per CPU "
                                       "the Ray cluster has (divided by cpus_per_worker).")
-    cpus_per_worker: float = _f(1.0, "CPUs Ray reserves for each rollout worker; TF thread "
+    cpus_per_worker: Float = _f(1.0, "CPUs Ray reserves for each rollout worker; TF thread "
                                 "pools are sized to it.", min=0.0)
-    ps_cpus: float = _f(0.0, "CPUs Ray reserves for the parameter server (0 lets it share "
+    ps_cpus: Float = _f(0.0, "CPUs Ray reserves for the parameter server (0 lets it share "
                         "cores with workers, best on small machines).", min=0.0)
-    ps_resources: dict = _f({}, "Custom Ray resources the parameter server requires, e.g. "
+    ps_resources: Resources = _f({}, "Custom Ray resources the parameter server requires, e.g. "
                             "{ps_node: 1} to pin it to a node started with that resource.")
-    mode: str = _f("ray", "'ray': actors in a Ray cluster; 'serial': everything in one "
-                   "process, same code (debugging, fast tests).", choices=("ray", "serial"))
-    wait_for_update: bool = _f(True, "true: a worker waits for its own gradient to be "
+    mode: Mode = _f("ray", "'ray': actors in a Ray cluster; 'serial': everything in one "
+                   "process, same code (debugging, fast tests).")
+    wait_for_update: Bool = _f(True, "true: a worker waits for its own gradient to be "
                                "applied before its next segment (policy lag 1 with two "
                                "workers); false: it plays on at once with the newest weights "
                                "already applied (no idle PS round trip, one more version of "
@@ -235,23 +257,22 @@ class WorkersConfig:
                                "at 256 worker cores waiting, 95% not (docs/scaling.md), "
                                "so clusters set false; the aggregator then restarts a "
                                "finished worker at once with the newest weights.")
-    start_timeout_s: float = _f(300.0, "Seconds the PS and the workers have to start (a "
+    start_timeout_s: Float = _f(300.0, "Seconds the PS and the workers have to start (a "
                                 "cluster scaling up may need minutes) before the run stops "
                                 "and says what they asked for.", min=1.0)
-    max_restarts: int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
+    max_restarts: Int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
-    hung_segment_factor: float = _f(20.0, "A segment running longer than this many median "
+    hung_segment_factor: Float = _f(20.0, "A segment running longer than this many median "
                                     "segment times (and at least hung_segment_min_s) is "
                                     "taken as hung: its worker is killed, Ray restarts it, "
                                     "the segment is dropped and counted (worker_hung in "
                                     "log.jsonl). 0: never.", min=0.0)
-    hung_segment_min_s: float = _f(60.0, "No segment is taken as hung sooner than this "
+    hung_segment_min_s: Float = _f(60.0, "No segment is taken as hung sooner than this "
                                    "(a worker's start-up, a restart, a slow node).", min=1.0)
-    gradient_dtype: str = _f("float32", "Dtype of gradients on the wire (worker -> node "
+    gradient_dtype: WireDtype = _f("float32", "Dtype of gradients on the wire (worker -> node "
                              "aggregator -> PS); sums are always accumulated in float32. "
-                             "'bfloat16' halves the bytes per gradient.",
-                             choices=("float32", "bfloat16"))
-    aggregate_per_node: bool = _f(True, "true: every node but the PS's has an aggregator "
+                             "'bfloat16' halves the bytes per gradient.")
+    aggregate_per_node: Bool = _f(True, "true: every node but the PS's has an aggregator "
                                   "actor that runs its workers' segments and sums their "
                                   "gradients, so the driver and the PS see nodes, not "
                                   "workers. The workers on the PS's own node (on one machine, "
@@ -260,58 +281,59 @@ class WorkersConfig:
                                   "save no bytes. false: the driver runs every worker so.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class CheckpointConfig:
-    interval_minutes: float = _f(10.0, "Write a checkpoint this often (and always at the end).",
+    interval_minutes: Float = _f(10.0, "Write a checkpoint this often (and always at the end).",
                                  min=0.0)
-    keep: int = _f(3, "Number of most recent checkpoints kept.", min=1, max=1000)
-    storage: str = _f("", "Where checkpoints go: empty for RUN_DIR/checkpoints; else a "
+    keep: Int = _f(3, "Number of most recent checkpoints kept.", min=1, max=1000)
+    storage: Str = _f("", "Where checkpoints go: empty for RUN_DIR/checkpoints; else a "
                       "directory (the run's checkpoints go in STORAGE/<run name>) or a gs:// "
                       "URI. On a cluster use storage every node reaches (a shared file "
                       "system or a bucket): the parameter server may restart on any node "
                       "and refuses to start where it cannot see the run's checkpoints.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class LoggingConfig:
-    run_dir: Optional[str] = _f(None, "Run directory; default runs/<game>-<timestamp>.")
-    runs_root: str = _f("runs", "Parent directory of default run directories.")
-    console_interval_seconds: float = _f(10.0, "Seconds between console status lines.",
+    run_dir: Optional[Str] = _f(None, "Run directory; default runs/<game>-<timestamp>.")
+    runs_root: Str = _f("runs", "Parent directory of default run directories.")
+    console_interval_seconds: Float = _f(10.0, "Seconds between console status lines.",
                                          min=0.1)
-    console: str = _f("line", "'line': a status line each interval; 'quiet': none; 'json': the "
-                      "status as one JSON object per line.", choices=("line", "quiet", "json"))
-    tensorboard: bool = _f(True, "Write TensorBoard summaries under RUN_DIR/tb.")
-    score_window: int = _f(100, "Episodes in the moving-average score.", min=1)
+    console: Console = _f("line", "'line': a status line each interval; 'quiet': none; 'json': the "
+                      "status as one JSON object per line.")
+    tensorboard: Bool = _f(True, "Write TensorBoard summaries under RUN_DIR/tb.")
+    score_window: Int = _f(100, "Episodes in the moving-average score.", min=1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class RayConfig:
-    address: Optional[str] = _f(None, "Ray cluster address ('auto' or host:port); None starts "
+    address: Optional[Str] = _f(None, "Ray cluster address ('auto' or host:port); None starts "
                                 "an embedded local Ray sized to this machine (RAY_ADDRESS "
                                 "also selects a cluster).")
-    namespace: Optional[str] = _f(None, "Ray namespace; default a3c-<run name>-<random>, unique per driver (the start record "
-                                 "in log.jsonl names it).")
-    include_dashboard: bool = _f(True, "Start the Ray dashboard with a local Ray.")
-    dashboard_host: str = _f("127.0.0.1", "Dashboard bind address (keep it on localhost; "
+    namespace: Optional[Str] = _f(None, "Ray namespace; default a3c-<run name>-<random>, "
+                                  "unique per driver (the start record in log.jsonl "
+                                  "names it).")
+    include_dashboard: Bool = _f(True, "Start the Ray dashboard with a local Ray.")
+    dashboard_host: Str = _f("127.0.0.1", "Dashboard bind address (keep it on localhost; "
                              "reach it through an SSH tunnel).")
-    dashboard_port: Optional[int] = _f(None, "Dashboard port; default Ray's (8265, or a free "
+    dashboard_port: Optional[Int] = _f(None, "Dashboard port; default Ray's (8265, or a free "
                                        "one if that is taken).", min=1, max=65535)
-    metrics_export_port: Optional[int] = _f(None, "Fixed port of the node's Prometheus "
+    metrics_export_port: Optional[Int] = _f(None, "Fixed port of the node's Prometheus "
                                             "metrics endpoint (local Ray only).", min=1, max=65535)
-    num_cpus: Optional[int] = _f(None, "CPUs of a local Ray; default all of this machine's.",
+    num_cpus: Optional[Int] = _f(None, "CPUs of a local Ray; default all of this machine's.",
                                  min=1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class Config:
-    env: EnvConfig = field(default_factory=EnvConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    workers: WorkersConfig = field(default_factory=WorkersConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    seed: int = _f(0, "Base random seed; worker i uses seed + 1000 * i.", min=0,
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    seed: Int = _f(0, "Base random seed; worker i uses seed + 1000 * i.", min=0,
                    max=2_000_000_000)  # seeds + offsets stay below the int32 the ALE takes
 
     # ---- derived facts (not settings) -------------------------------------
@@ -335,8 +357,8 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "seed"}
-_SECTION_CLASSES = {
+#: section name -> its class
+SECTIONS: dict[str, type] = {
     "env": EnvConfig, "model": ModelConfig, "training": TrainingConfig,
     "workers": WorkersConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig,
     "ray": RayConfig,
@@ -463,88 +485,71 @@ def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
 
 
 def from_dict(data: dict, source: str = "config") -> Config:
-    """Build and validate a Config from a raw mapping; unknown keys are errors."""
-    sections: dict[str, Any] = {}
-    for name, value in data.items():
-        if name == "seed":
-            continue
-        if name not in _SECTION_CLASSES:
-            raise ConfigError(f"{source}: unknown section {name!r}; valid sections are "
-                              f"{', '.join([*_SECTION_CLASSES, 'seed'])}")
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: must be a mapping of settings, got "
-                              f"{type(value).__name__}")
-        sections[name] = _build_section(name, _SECTION_CLASSES[name], value)
-    seed = _coerce("seed", dataclasses.fields(Config)[-1], data.get("seed", 0))
-    cfg = Config(**sections, seed=seed)
+    """Build and validate a Config from a raw mapping: pydantic checks every type and
+    range, ``validate`` the rules across fields; the first problem becomes one line."""
+    data = {k: ({} if v is None and k in SECTIONS else v) for k, v in data.items()}
+    try:
+        cfg = Config(**data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e.errors()[0], data, source)) from None
+    except TypeError as e:  # not a mapping of sections at all
+        raise ConfigError(f"{source}: {e}") from None
     validate(cfg)
     return cfg
 
 
-def _build_section(name: str, cls: type, values: dict) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            close = [k for k in fields if k.startswith(str(key)[:3])]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{name}.{key}: unknown key{hint}; valid keys are "
-                              f"{', '.join(fields)}")
-        kwargs[key] = _coerce(f"{name}.{key}", fields[key], value)
-    return cls(**kwargs)
-
-
-def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
-    """Check one value's type and range; ints are accepted where floats are expected."""
-    text = str(f.type)  # a string: annotations are postponed
-    meta = f.metadata
-    optional = "Optional" in text or "None" in text
+def _one_line(err: dict, data: dict, source: str) -> str:
+    """A pydantic error as this project's one-line message: the key, what is wrong, the fix."""
+    loc = [str(x) for x in err["loc"]]
+    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "unexpected_keyword_argument":
+        if len(loc) == 1:
+            return (f"{source}: unknown section {loc[0]!r}; valid sections are "
+                    f"{', '.join([*SECTIONS, 'seed'])}")
+        known = list(SECTIONS[loc[0]].__pydantic_fields__)
+        close = difflib.get_close_matches(loc[1], known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{loc[0]}.{loc[1]}: unknown key{hint}; valid keys are {', '.join(known)}"
+    if kind == "dataclass_type":
+        return (f"{loc[0]}: must be a mapping of settings, got "
+                f"{type(data.get(loc[0])).__name__}")
+    key = ".".join(loc[:2]) if loc[0] in SECTIONS else loc[0]
+    value = _raw_value(data, loc)
+    info = _field_info(key)
     if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key}: must be set (default {f.default!r}); remove the key to use "
-                          "the default")
-    if "Union[int, str]" in text or "int | str" in text:  # num_workers
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
-            if isinstance(value, int) and value < 1:
-                raise ConfigError(f"{key}: must be >= 1 or 'auto', got {value}")
-            return value
-        raise ConfigError(f"{key}: must be a positive integer or 'auto', got {value!r}")
-    base = text.replace("Optional[", "").rstrip("]")
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {value!r}")
-    elif base == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
-    elif base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
-        value = float(value)
-    elif base == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {value!r}")
-    elif base == "list":
-        if not isinstance(value, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-            raise ConfigError(f"{key}: must be a list of positive integers, got {value!r}")
-    elif base == "dict":
-        if not isinstance(value, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
-            raise ConfigError(f"{key}: must be a mapping of resource name to amount, "
-                              f"got {value!r}")
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{key}: must be one of {', '.join(map(repr, meta['choices']))}, "
-                          f"got {value!r}")
-    if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{key}: must be >= {meta['min']}, got {value!r}")
-    if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{key}: must be <= {meta['max']}, got {value!r}")
-    if isinstance(value, float) and value != value:
-        raise ConfigError(f"{key}: must be a number, got NaN")
-    return value
+        return (f"{key}: must be set (default {_default(info)!r}); remove the key to use "
+                "the default")
+    if key == "workers.num_workers":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{key}: must be >= 1 or 'auto', got {value}"
+        return f"{key}: must be a positive integer or 'auto', got {value!r}"
+    origin = typing.get_origin(info.annotation)
+    if origin is list:
+        return f"{key}: must be a list of positive integers, got {value!r}"
+    if origin is dict:
+        return f"{key}: must be a mapping of resource name to amount, got {value!r}"
+    what = {"greater_than_equal": f"must be >= {ctx.get('ge')}",
+            "less_than_equal": f"must be <= {ctx.get('le')}",
+            "literal_error": "must be one of " + str(ctx.get("expected", "")).replace(" or ", ", "),
+            "int_type": "must be an integer", "float_type": "must be a number",
+            "finite_number": "must be a finite number", "bool_type": "must be true or false",
+            "string_type": "must be a string"}
+    text = what.get(kind, err["msg"].lower())
+    return f"{key}: {text}, got {'NaN' if value != value else repr(value)}"
+
+
+def _raw_value(data: dict, loc: list[str]) -> Any:
+    """The value the user gave at loc's section and key (the whole list or mapping)."""
+    v: Any = data
+    for part in loc[:2] if loc[0] in SECTIONS else loc[:1]:
+        v = v.get(part) if isinstance(v, dict) else None
+    return v
+
+
+def _field_info(key: str):
+    section, _, name = key.partition(".")
+    cls = SECTIONS[section] if name else Config
+    return cls.__pydantic_fields__[name or section]
 
 
 def min_screen(kernels: tuple[tuple[int, int], ...]) -> int:
@@ -641,12 +646,17 @@ def load_run_config(run_dir: Union[str, Path]) -> Config:
 
 
 def load_config(path: Union[str, Path, None] = None,
-                overrides: Optional[dict[str, Any]] = None) -> Config:
-    """Load ray_config.yaml (or `path`), apply dotted overrides, validate."""
+                overrides: Optional[dict[str, Any]] = None, sets: tuple | list = (),
+                base: Optional[dict] = None, source: Optional[str] = None) -> Config:
+    """The one loader (driver, bench, tests): `base` (e.g. a resumed run's saved mapping)
+    or the YAML file `path` (default ray_config.yaml), then the ``--set`` texts in `sets`,
+    then `overrides` (dotted keys: a command's own flags), validated as a whole."""
     p = Path(path) if path else DEFAULT_CONFIG_PATH
-    data = load_yaml(p) if (path or p.is_file()) else {}
-    data = apply_overrides(data, overrides or {})
-    return from_dict(data, source=p.name)
+    if base is None:
+        base = load_yaml(p) if (path or p.is_file()) else {}
+    ov = dict(parse_override(text) for text in sets)
+    ov.update(overrides or {})
+    return from_dict(apply_overrides(base, ov), source=source or p.name)
 
 
 def save_config(cfg: Config, path: Union[str, Path]) -> None:
@@ -677,15 +687,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 def field_docs() -> dict[str, str]:
     """'section.key' -> documentation, for --help."""
     out = {}
-    for name, cls in _SECTION_CLASSES.items():
-        for f in dataclasses.fields(cls):
-            out[f"{name}.{f.name}"] = f"{f.metadata['doc']} [default: {_default(f)!r}]"
-    out["seed"] = dataclasses.fields(Config)[-1].metadata["doc"]
+    for name, cls in SECTIONS.items():
+        for key, info in cls.__pydantic_fields__.items():
+            out[f"{name}.{key}"] = f"{info.description} [default: {_default(info)!r}]"
+    out["seed"] = Config.__pydantic_fields__["seed"].description
     return out
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()  # type: ignore[misc]
-
+def _default(info) -> Any:
+    return info.default_factory() if info.default_factory is not None else info.default

@@ -26,8 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..core.config import Config, ConfigError, apply_overrides, from_dict, load_yaml, \
-    parse_override, DEFAULT_CONFIG_PATH
+from ..core.config import Config, ConfigError, load_config
 
 
 def _median_rate(fn, seconds: float, per_call: int) -> float:
@@ -72,13 +71,13 @@ def measure_network(cfg: Config, seconds: float = 6.0) -> dict:
             "env_steps_per_s_per_core": T * n / seg_s, "retraces": retraces}
 
 
-def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: float,
+def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: float,
                run_dir: Path) -> dict:
     """Train for warmup + seconds with this layout; figures from the measured window."""
     from ..driver import train
     from ..telemetry.metrics import read_log
 
-    raw = apply_overrides(base, {
+    cfg = load_config(base=cfg.to_dict(), source="bench", overrides={
         "workers.num_workers": workers, "training.envs_per_worker": envs,
         # more workers than CPUs: share the CPUs (whole CPUs each would leave some pending)
         "workers.cpus_per_worker": min(1.0, (base.get("ray", {}).get("num_cpus")
@@ -88,7 +87,6 @@ def run_layout(base: dict, workers: int, envs: int, seconds: float, warmup: floa
         "logging.run_dir": str(run_dir), "logging.console": "quiet",
         "logging.console_interval_seconds": 2.0,  # status records (driver CPU) in the window
         "checkpoint.interval_minutes": 0.0})
-    cfg = from_dict(raw, source="bench")
     t0 = time.time()
     train(cfg)
     recs = read_log(run_dir / "log.jsonl")
@@ -141,17 +139,14 @@ def parse_layouts(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _scale_config(args):
-    """Config for ``bench scale`` from its --config/--env/--set (None after an error)."""
+def _config(args, prog: str) -> Optional[Config]:
+    """The benchmark's config from its --config/--env/--set (None after an error)."""
     try:
-        base = load_yaml(args.config or DEFAULT_CONFIG_PATH)
-        ov = dict(parse_override(s) for s in args.set)
-        ov.update({"env.id": args.env, "ray.include_dashboard": False})
-        base = apply_overrides(base, ov)
-        return from_dict(base, source="bench"), base
+        return load_config(args.config, {"env.id": args.env, "ray.include_dashboard": False},
+                           args.set, source="bench")
     except ConfigError as e:
-        print(f"a3c-bench scale: config error: {e}", file=sys.stderr)
-        return None, None
+        print(f"{prog}: config error: {e}", file=sys.stderr)
+        return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -159,7 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:1] == ["scale"]:
         from .scale import main as scale_main
 
-        return scale_main(argv[1:], _scale_config)
+        return scale_main(argv[1:], lambda a: _config(a, "a3c-bench scale"))
     p = argparse.ArgumentParser(prog="a3c-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="pong", help="game (default pong)")
@@ -172,15 +167,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write all figures as JSON")
     p.add_argument("--no-bounds", action="store_true", help="skip the ALE / network bounds")
     args = p.parse_args(argv)
+    cfg = _config(args, "a3c-bench")
     try:
-        base = load_yaml(args.config or DEFAULT_CONFIG_PATH)
-        ov = dict(parse_override(s) for s in args.set)
-        ov.update({"env.id": args.env, "ray.include_dashboard": False})
-        base = apply_overrides(base, ov)
-        cfg = from_dict(base, source="bench")
         layouts = parse_layouts(args.layouts) if args.layouts else None
     except ConfigError as e:
-        print(f"a3c-bench: config error: {e}", file=sys.stderr)
+        print(f"a3c-bench: {e}", file=sys.stderr)
+        return 2
+    if cfg is None:
         return 2
     cores = os.cpu_count() or 1
     if layouts is None:
@@ -209,7 +202,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for i, (w, e) in enumerate(layouts):
             print(f"layout {w}x{e}: {args.warmup:.0f} s warm-up + {args.seconds:.0f} s ...",
                   flush=True)
-            res = run_layout(base, w, e, args.seconds, args.warmup, Path(tmp) / f"l{i}")
+            res = run_layout(cfg, w, e, args.seconds, args.warmup, Path(tmp) / f"l{i}")
             if "bounds" in result:
                 b = result["bounds"]
                 res["fraction_of_ale_bound"] = res["env_steps_per_s"] / b["ale_env_steps_per_s"]

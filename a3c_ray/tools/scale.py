@@ -368,7 +368,7 @@ def segment_ratios(run_dir: Path, last: int = 3000) -> tuple[list[float], dict]:
                            "p95_over_median": float(np.percentile(t, 95) / med)}
 
 
-def run(cfg: Config, base: dict, args) -> dict:
+def run(cfg: Config, args) -> dict:
     import tempfile
 
     import ray
@@ -395,7 +395,7 @@ def run(cfg: Config, base: dict, args) -> dict:
             workers = os.cpu_count() if w == "auto" else int(w)
             print(f"measuring the service ({workers}x{cfg.training.envs_per_worker}, "
                   f"{args.service_seconds:.0f} s) for its segment times ...", flush=True)
-            service = run_layout(base, workers, cfg.training.envs_per_worker,
+            service = run_layout(cfg, workers, cfg.training.envs_per_worker,
                                  args.service_seconds, 10.0, Path(tmp) / "service")
             ratios, seg_info = segment_ratios(Path(tmp) / "service")
             ray.shutdown()
@@ -539,10 +539,10 @@ def main(argv: Optional[list[str]], cfg_loader) -> int:
     except ValueError:
         p.exit(2, "a3c-bench scale: --ks and --workers take positive integers "
                   "separated by commas, e.g. --ks 1,4,16\n")
-    cfg, base = cfg_loader(args)
+    cfg = cfg_loader(args)
     if cfg is None:
         return 2
-    res = run(cfg, base, args)
+    res = run(cfg, args)
     print(format_scale(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))

@@ -34,17 +34,22 @@ def short_run(tmp_path_factory):
     return run
 
 
-def wait_until(pred, timeout, what):
-    """Poll `pred` until it returns something truthy (returned) or fail after `timeout` s."""
+def wait_until(pred, timeout, what, errors=(), every=0.5):
+    """Poll `pred` until it returns something truthy (returned) or fail after `timeout` s;
+    exceptions of the types in `errors` count as "not yet" (a server still starting)."""
     import time
 
     t_end = time.time() + timeout
+    last = None
     while time.time() < t_end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out: {what}")
+        try:
+            last = pred()
+            if last:
+                return last
+        except errors as e:
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out: {what} (last: {last!r})")
 
 
 def log_records(run, kind=None):

@@ -4,8 +4,7 @@ import math
 
 import pytest
 
-from a3c_ray.telemetry.metrics import read_log
-from conftest import run_driver
+from conftest import log_records as records, run_driver
 
 FAST = ["--set", "training.envs_per_worker=4", "--set", "ray.include_dashboard=false",
         "--set", "logging.console_interval_seconds=2", "--workers", "2"]
@@ -21,10 +20,6 @@ def test_verbose_shows_the_start_up_logs(tmp_path):
                    "--run-dir", str(tmp_path / "v"), "--console", "quiet", timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "absl::InitializeLog" in p.stderr
-
-
-def records(run, kind):
-    return [r for r in read_log(run / "log.jsonl") if r["type"] == kind]
 
 
 @pytest.mark.parametrize("game, resume", [("pong", True), ("breakout", False)])
@@ -130,3 +125,26 @@ def test_gae_worker_values_are_the_critics_at_the_gradient_weights():
     assert stats["losses"]["advantage"] == pytest.approx(float(adv.mean()), abs=1e-4)
     assert np.isfinite(grads).all() and stats["samples"] == T * n
     w.close()
+
+
+def test_play_episodes_plays_exactly_the_episodes_asked_for():
+    """The evaluation loop (evaluate, scores): `episodes` true scores, each env its share,
+    the callbacks called once per step and once per counted episode."""
+    import numpy as np
+
+    from a3c_ray.core.config import load_config
+    from a3c_ray.core.envs import EnvBatch, play_episodes
+
+    cfg = load_config(overrides={"env.id": "CartPole-v1"})
+    envs = EnvBatch(cfg, 3, seed=5)
+    rng = np.random.default_rng(0)
+    steps, seen = [], []
+    scores, lengths = play_episodes(envs, 7, lambda obs: envs.random_actions(rng),
+                                    after_step=steps.append,
+                                    on_episode=lambda d, s, n: seen.append((d, s, n)))
+    envs.close()
+    assert len(scores) == len(lengths) == 7 and [d for d, _, _ in seen] == list(range(1, 8))
+    assert [(s, n) for _, s, n in seen] == list(zip(scores, lengths))
+    assert all(s == n for s, n in zip(scores, lengths))  # CartPole: one point per step
+    finished = np.sum([r.finished for r in steps], axis=0)
+    assert (finished >= np.array([3, 2, 2])).all()  # 7 over 3 envs: 3, 2, 2 counted

@@ -11,14 +11,11 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, log_records, run_driver, wait_until
+from conftest import ROOT, run_driver, wait_until
+from conftest import log_records as recs
 
 FAST = ["--env", "CartPole-v1", "--workers", "2", "--set", "training.envs_per_worker=4",
         "--set", "ray.include_dashboard=false", "--set", "logging.console_interval_seconds=2"]
-
-
-def recs(run, kind=None):
-    return log_records(run, kind)
 
 
 def start_driver(*args):
@@ -250,14 +247,14 @@ def test_final_checkpoint_failing_exits_non_zero_with_the_reason(tmp_path):
                           "--serial", "--time-limit", "0.5", "--run-dir", str(run),
                           "--console", "quiet", "--set", "logging.tensorboard=false"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: log_records(run, "start"), 120, "start")
+    wait_until(lambda: recs(run, "start"), 120, "start")
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").write_text("not a directory")
     out, err = p.communicate(timeout=180)
     assert p.returncode == 1, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("a3c_ray")]
     assert len(lines) == 1 and "run failed: the final checkpoint failed" in lines[0], err[-2000:]
-    stop = log_records(run, "stop")[-1]
+    stop = recs(run, "stop")[-1]
     assert stop["checkpoint"] is None and "final checkpoint failed" in stop["error"]
     assert stop["stop_reason"] == "time limit reached" and stop["env_steps"] > 0
 

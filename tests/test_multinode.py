@@ -8,11 +8,8 @@ import time
 
 from ray.cluster_utils import Cluster
 
-from conftest import ROOT, log_records, wait_until
-
-
-def recs(run, kind=None):
-    return log_records(run, kind)
+from conftest import ROOT, wait_until
+from conftest import log_records as recs
 
 
 def stop_then_shutdown(proc, cluster):

@@ -9,14 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
 from a3c_ray.telemetry.metrics import read_log
-from conftest import ROOT, log_records
+from conftest import ROOT, log_records, wait_until
 
 METRICS_PORT = 18481
 DASHBOARD_PORT = 18465
@@ -29,17 +28,7 @@ def http_get(url, timeout=5):
 
 
 def wait_for(fn, timeout, what):
-    t_end = time.time() + timeout
-    last = None
-    while time.time() < t_end:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as e:  # not up yet
-            last = e
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+    return wait_until(fn, timeout, what, errors=(Exception,), every=1.0)  # not up yet
 
 
 def metric_sum(text, name):

@@ -12,6 +12,7 @@ lost life in games that wait for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -75,6 +76,11 @@ class EnvBatch:
         if self._force_fire.any():
             actions = np.where(self._force_fire, self.fire_action, actions)
         return actions
+
+    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
+        """One uniformly random action per env (random play, the benchmark's emulator
+        rate)."""
+        return rng.integers(0, self.n_actions, self.num_envs).astype(np.int32)
 
     def step(self, actions: np.ndarray) -> StepResult:
         env_actions = self.action_map[actions]
@@ -140,3 +146,32 @@ def _make_vector(gym_id: str, num_envs: int):
     n = int(env.single_action_space.n)
     return env, np.arange(n, dtype=np.int64), [str(i) for i in range(n)]
 
+
+def play_episodes(envs: EnvBatch, episodes: int, act: Callable[[np.ndarray], np.ndarray],
+                  after_step: Optional[Callable[[StepResult], None]] = None,
+                  on_episode: Optional[Callable[[int, float, int], None]] = None,
+                  ) -> tuple[list[float], list[int]]:
+    """Play until `episodes` have finished, each env playing its even share (so that one
+    env's short episodes do not stand in for the others'): the true scores and lengths.
+
+    act(obs) -> actions; after_step(result) after every step; on_episode(done, score,
+    length) after every counted episode.
+    """
+    n = envs.num_envs
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    scores: list[float] = []
+    lengths: list[int] = []
+    obs = envs.reset()
+    while (quota > 0).any():
+        res = envs.step(act(obs))
+        if after_step is not None:
+            after_step(res)
+        for i in np.flatnonzero(res.finished):
+            if quota[i] > 0:
+                quota[i] -= 1
+                scores.append(float(res.scores[i]))
+                lengths.append(int(res.lengths[i]))
+                if on_episode is not None:
+                    on_episode(len(scores), scores[-1], lengths[-1])
+        obs = res.obs
+    return scores, lengths

@@ -20,6 +20,7 @@ replaces the ``checkpoint`` index, so a kill mid-write never corrupts "latest".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -385,17 +386,24 @@ def identity(cfg: Config, obs_shape: tuple, n_actions: int) -> str:
 RESUMABLE_ENV = ("max_episode_frames", "id")
 
 
+@contextlib.contextmanager
+def _readable(prefix: str):
+    """Reading a checkpoint's files: TF raises several error types for a missing, cut or
+    corrupt one; each becomes one CheckpointError that says what to do."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {prefix} is missing or corrupt "
+                              f"({str(e).splitlines()[0][:120]}); resume from another "
+                              "checkpoint or start a new run") from None
+
+
 def read_identity(prefix: str) -> dict:
     """Read the identity a checkpoint was saved with, without restoring it."""
     from a3c_ray.core.tflib import tf
 
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-        raw = reader.get_tensor("identity/.ATTRIBUTES/VARIABLE_VALUE")
-    except Exception as e:  # TF raises several error types for bad files
-        raise CheckpointError(f"checkpoint {prefix} is missing or corrupt "
-                              f"({str(e).splitlines()[0][:120]}); resume from another "
-                              "checkpoint or start a new run") from None
+    with _readable(prefix):
+        raw = tf.train.load_checkpoint(prefix).get_tensor("identity/.ATTRIBUTES/VARIABLE_VALUE")
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
@@ -403,14 +411,10 @@ def verify_checkpoint(prefix: str) -> None:
     """Read every tensor of a checkpoint: a truncated or corrupt one fails here, clearly."""
     from a3c_ray.core.tflib import tf
 
-    try:
+    with _readable(prefix):
         reader = tf.train.load_checkpoint(prefix)
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
-    except Exception as e:  # TF raises several error types for bad files
-        raise CheckpointError(f"checkpoint {prefix} is missing or corrupt "
-                              f"({str(e).splitlines()[0][:120]}); resume from another "
-                              "checkpoint or start a new run") from None
 
 
 def check_checkpoint(prefix: str, expected_identity: str) -> None:

@@ -217,7 +217,7 @@ class RolloutWorker:
                 if self._gae:
                     out, self._val_buf[t] = out[0], out[1].numpy()
             logits = out.numpy().astype(np.float64)
-            actions = _sample(logits, self.rng)
+            actions = sample_actions(logits, self.rng)
             probs_max = _max_prob(logits)
             self._mask_buf[t] = ~envs.forced_mask()
             actions = envs.forced_actions(actions)
@@ -253,7 +253,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sample_actions(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sample one action per row from logits (Gumbel-max: no softmax, no NaN)."""
     g = rng.gumbel(size=logits.shape)
     return np.argmax(logits + g, axis=1).astype(np.int32)

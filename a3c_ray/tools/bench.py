@@ -47,7 +47,7 @@ def measure_ale(cfg: Config, seconds: float = 4.0) -> float:
     envs = EnvBatch(cfg, n, cfg.seed)
     envs.reset()
     rng = np.random.default_rng(0)
-    rate = _median_rate(lambda: envs.step(rng.integers(0, envs.n_actions, n)), seconds, n)
+    rate = _median_rate(lambda: envs.step(envs.random_actions(rng)), seconds, n)
     envs.close()
     return rate
 

@@ -32,7 +32,7 @@ def random_play_frames(cfg, steps: int, num_envs: int = 8, seed: int = 0):
     rng = np.random.default_rng(seed)
     obs = [envs.reset()]
     for _ in range(steps - 1):
-        obs.append(envs.step(rng.integers(0, envs.n_actions, num_envs)).obs)
+        obs.append(envs.step(envs.random_actions(rng)).obs)
     envs.close()
     return np.concatenate(obs), envs.obs_shape, envs.n_actions
 

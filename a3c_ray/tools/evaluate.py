@@ -59,10 +59,11 @@ def choose_actions(logits: np.ndarray, policy: str, rng: np.random.Generator,
     softmax ("sampled", Gumbel-max), then with probability ``epsilon`` per env a uniform
     random action instead (the DQN evaluation protocol uses 0.05; it breaks the loops a
     deterministic policy can fall into)."""
+    from ..core.worker import sample_actions
+
     logits = np.asarray(logits, np.float64)
-    if policy == "sampled":
-        logits = logits + rng.gumbel(size=logits.shape)
-    actions = np.argmax(logits, 1).astype(np.int32)
+    actions = (sample_actions(logits, rng) if policy == "sampled"
+               else np.argmax(logits, 1).astype(np.int32))
     if epsilon > 0.0:
         explore = rng.random(len(actions)) < epsilon
         random_actions = rng.integers(0, logits.shape[1], len(actions), dtype=np.int32)
@@ -81,7 +82,7 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     """Play ``episodes`` and summarize them; ``progress`` (if given) is called after each
     episode with {"done", "total", "score", "length", "env_steps", "seconds"}; ``epsilon``
     is the chance per step of a uniform random action instead of the policy's."""
-    from ..core.envs import EnvBatch
+    from ..core.envs import EnvBatch, play_episodes
     from ..core.models import compile_policy
 
     run_dir, prefix = locate(target)
@@ -91,26 +92,24 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     net = load_policy(cfg, prefix, envs.obs_shape, envs.n_actions)
     policy_fn, state = compile_policy(net, envs.obs_dtype), net.initial_state(n)
     rng = np.random.default_rng(seed)
-    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    scores, lengths = [], []
-    obs = envs.reset()
     start, env_steps = time.monotonic(), 0
-    while (quota > 0).any():
+
+    def act(obs):
+        nonlocal state
         logits, state = policy_fn(obs, state)
-        actions = choose_actions(logits, policy, rng, epsilon)
-        res = envs.step(envs.forced_actions(actions))
+        return envs.forced_actions(choose_actions(logits, policy, rng, epsilon))
+
+    def after_step(res):
+        nonlocal env_steps
         env_steps += n
         state[res.finished] = 0.0  # an LSTM starts each episode from zero
-        for i in np.flatnonzero(res.finished):
-            if quota[i] > 0:
-                quota[i] -= 1
-                scores.append(float(res.scores[i]))
-                lengths.append(int(res.lengths[i]))
-                if progress is not None:
-                    progress({"done": len(scores), "total": episodes, "score": scores[-1],
-                              "length": lengths[-1], "env_steps": env_steps,
-                              "seconds": time.monotonic() - start})
-        obs = res.obs
+
+    def on_episode(done, score, length):
+        if progress is not None:
+            progress({"done": done, "total": episodes, "score": score, "length": length,
+                      "env_steps": env_steps, "seconds": time.monotonic() - start})
+
+    scores, lengths = play_episodes(envs, episodes, act, after_step, on_episode)
     envs.close()
     s, ln = np.array(scores), np.array(lengths)
     e = cfg.env

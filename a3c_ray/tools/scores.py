@@ -52,20 +52,12 @@ def run_cores(start: dict, cfg) -> str:
 
 
 def random_score(cfg, episodes: int = 10, seed: int = 7) -> float:
-    from ..core.envs import EnvBatch
+    """Mean true score of a uniform random policy under the evaluation protocol."""
+    from ..core.envs import EnvBatch, play_episodes
 
-    n = min(8, episodes)
-    envs = EnvBatch(cfg, n, seed)
-    envs.reset()
+    envs = EnvBatch(cfg, min(8, episodes), seed)
     rng = np.random.default_rng(seed)
-    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    scores = []
-    while (quota > 0).any():
-        res = envs.step(rng.integers(0, envs.n_actions, n).astype(np.int32))
-        for i in np.flatnonzero(res.finished):
-            if quota[i] > 0:
-                quota[i] -= 1
-                scores.append(res.scores[i])
+    scores, _ = play_episodes(envs, episodes, lambda obs: envs.random_actions(rng))
     envs.close()
     return float(np.mean(scores))
 

@@ -54,7 +54,7 @@ def wait_until(pred, timeout, what, errors=(), every=0.5):
 
 def log_records(run, kind=None):
     """Records of a run's log.jsonl (all, or those of one type); [] before it exists."""
-    from a3c_ray.telemetry.metrics import read_log
+    from a3c_ray.telemetry.runlog import read_log
 
     path = Path(run) / "log.jsonl"
     if not path.is_file():

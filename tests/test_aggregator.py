@@ -103,7 +103,7 @@ def test_trainer_steps_on_samples_per_update_in_serial_mode(tmp_path):
     make steps of two gradients; every segment the log counts reaches the PS."""
     from a3c_ray.core.config import load_config
     from a3c_ray.driver import train
-    from a3c_ray.telemetry.metrics import read_log
+    from a3c_ray.telemetry.runlog import read_log
 
     cfg = load_config(None, {
         "env.id": "CartPole-v1", "workers.mode": "serial", "workers.num_workers": 4,

@@ -152,7 +152,7 @@ def test_scores_table_row_from_a_finished_run(short_run, tmp_path):
     score `evaluate` gives, a measured random score and the paper's figure."""
     import os
 
-    from a3c_ray.telemetry.metrics import read_log
+    from a3c_ray.telemetry.runlog import read_log
 
     out = tmp_path / "scores.md"
     p = cli("scores", str(short_run), "--episodes", "2", "--policy", "sampled", "-o", str(out))

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from a3c_ray.telemetry.metrics import read_log
+from a3c_ray.telemetry.runlog import read_log
 from conftest import ROOT, log_records, wait_until
 
 METRICS_PORT = 18481

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from a3c_ray.core.config import load_config
-from a3c_ray.telemetry.metrics import Reporter, read_log
+from a3c_ray.telemetry.metrics import Reporter
+from a3c_ray.telemetry.runlog import read_log
 
 
 def _segment(rep, worker, steps, total, lag, lr):
@@ -73,3 +74,26 @@ def test_status_reports_the_drivers_own_cpu(tmp_path):
     assert busy > idle + 0.2  # the busy loop got at least a fifth of a core
     statuses = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "status"]
     assert [s["driver_cpu"] for s in statuses] == [idle, busy]
+
+
+def test_every_record_a_run_writes_follows_the_schema(short_run):
+    """The run log's one schema (telemetry.runlog.SCHEMA): each record of a real run has
+    the fields its type declares, with the declared types."""
+    import typing
+
+    from pydantic import TypeAdapter
+
+    from a3c_ray.telemetry.runlog import EVENTS, SCHEMA, read_run
+
+    h = read_run(short_run)
+    kinds = {r["type"] for r in h.records}
+    assert {"start", "episode", "segment", "update", "status", "checkpoint", "stop"} <= kinds
+    assert kinds <= set(SCHEMA) | set(EVENTS)
+    adapters = {k: TypeAdapter(t) for k, t in SCHEMA.items()}
+    for r in h.records:
+        if r["type"] in SCHEMA:
+            adapters[r["type"]].validate_python(r, strict=False)
+            declared = typing.get_type_hints(SCHEMA[r["type"]])
+            assert set(r) <= set(declared), (r["type"], set(r) - set(declared))
+    eps = h.columns("episode", score="score", frames="frames")
+    assert len(eps["score"]) == len(h.of("episode")) and (eps["wall_s"] >= 0).all()

@@ -15,46 +15,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..core.config import Config
+from .runlog import RunLog, finite
 
 TIME_SECTIONS = ("env", "inference", "gradient", "sync", "wait")
-
-
-def _finite(v: Any) -> Any:
-    """NaN and infinities (a figure not measured yet) as null: the log stays strict JSON."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
-
-
-class RunLog:
-    """Append-only JSONL log of the run (one object per line, flushed often)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._f = open(path, "a", buffering=1)
-
-    def write(self, kind: str, **fields: Any) -> None:
-        rec = {"type": kind, "t": round(time.time(), 3), **fields}
-        self._f.write(json.dumps(_finite(rec), allow_nan=False) + "\n")
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def read_log(path: Path) -> list[dict]:
-    """Records of a run log; a truncated last line (killed run) is skipped."""
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
 
 
 class Reporter:
@@ -245,7 +208,7 @@ class Reporter:
             self._tb.flush()
         mode = self.cfg.logging.console
         if mode == "json":
-            print(json.dumps(_finite(st), allow_nan=False), file=self.stream, flush=True)
+            print(json.dumps(finite(st), allow_nan=False), file=self.stream, flush=True)
         elif mode == "line":
             print(format_status(st, self.cfg), file=self.stream, flush=True)
 

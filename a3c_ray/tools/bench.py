@@ -75,7 +75,7 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
                run_dir: Path) -> dict:
     """Train for warmup + seconds with this layout; figures from the measured window."""
     from ..driver import train
-    from ..telemetry.metrics import read_log
+    from ..telemetry.runlog import read_run
 
     cfg = load_config(base=cfg.to_dict(), source="bench", overrides={
         "workers.num_workers": workers, "training.envs_per_worker": envs,
@@ -89,20 +89,19 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
         "checkpoint.interval_minutes": 0.0})
     t0 = time.time()
     train(cfg)
-    recs = read_log(run_dir / "log.jsonl")
-    start = next(r["t"] for r in recs if r["type"] == "start")
-    lo = start + warmup
-    segs = [r for r in recs if r["type"] == "segment" and r["t"] >= lo]
-    stop = next(r["t"] for r in recs if r["type"] == "stop")
+    h = read_run(run_dir)
+    lo = h.starts[0]["t"] + warmup
+    segs = [r for r in h.of("segment") if r["t"] >= lo]
+    stop = h.stops[0]["t"]
     hi = max(r["t"] for r in segs) if segs else stop
     window = max(hi - lo, 1e-9)
     steps = len(segs) * cfg.training.t_max * envs
-    ups = [r for r in recs if r["type"] == "update" and r["t"] >= lo]
+    ups = [r for r in h.of("update") if r["t"] >= lo]
     lags = [lag for r in ups for lag in (r.get("lags") or [])]
     split = {k: float(sum(r["time"].get(k, 0.0) for r in segs)) for k in
              ("env", "inference", "gradient", "sync", "wait")}
     tot = sum(split.values()) or 1.0
-    cpu = [r["driver_cpu"] for r in recs if r["type"] == "status" and r["t"] >= lo
+    cpu = [r["driver_cpu"] for r in h.of("status") if r["t"] >= lo
            and r.get("driver_cpu") is not None]
     return {
         "workers": workers, "envs_per_worker": envs, "t_max": cfg.training.t_max,
@@ -120,8 +119,8 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
         "driver_cpu_fraction": float(np.median(cpu)) if cpu else None,
         "peak_rss_mb": {"worker_max": max((r.get("rss_mb") or 0) for r in segs) if segs else None,
                         "ps": max((r.get("rss_mb") or 0) for r in ups) if ups else None},
-        "object_store_mb_max": max((r.get("object_store_mb") or 0) for r in recs
-                                   if r["type"] == "status") if recs else None,
+        "object_store_mb_max": max(((r.get("object_store_mb") or 0) for r in h.of("status")),
+                                   default=None),
         "wall_s": round(time.time() - t0, 1),
     }
 

@@ -18,7 +18,9 @@ import numpy as np
 
 from .plot import load_run, moving_average
 
-_AXES = {"steps": (3, 0, "env steps"), "minutes": (1, 1, "minutes")}
+#: --by -> (the episodes' column, the segments' column, the axis label)
+_AXES = {"steps": ("env_steps", "env_steps", "env steps"),
+         "minutes": ("wall_s", "wall_s", "minutes")}
 
 
 def _steps(x: float) -> str:
@@ -34,8 +36,8 @@ def _value_at(run: dict, by: str, x: float, window: int, entropy_window: int
     """Moving-average score and mean entropy of the records up to x on the given axis."""
     ep_col, seg_col, _ = _AXES[by]
     e, s = run["episodes"], run["segments"]
-    scores = e[e[:, ep_col] <= x, 2]
-    ent = s[s[:, seg_col] <= x, 2][-entropy_window:]
+    scores = e["score"][e[ep_col] <= x]
+    ent = s["entropy"][s[seg_col] <= x][-entropy_window:]
     return (float(moving_average(scores, window)[-1]) if len(scores) else float("nan"),
             float(ent.mean()) if len(ent) else float("nan"))
 
@@ -46,15 +48,15 @@ def compare(run_dirs: list[Path], by: str = "steps", points: int = 10, window: i
         raise ValueError(f"--by must be one of {sorted(_AXES)}, got {by!r}")
     runs = [load_run(Path(d)) for d in run_dirs]
     for r in runs:
-        if not len(r["segments"]):
+        if not len(r["segments"]["wall_s"]):
             raise ValueError(f"{r['name']}: no training segment logged yet; compare runs "
                              "that have trained")
     ep_col, seg_col, label = _AXES[by]
-    end = min(r["segments"][-1, seg_col] for r in runs)
+    end = min(r["segments"][seg_col][-1] for r in runs)
     lines = ["| run | env steps | minutes | env steps/s | moving average at its end |",
              "|---|---|---|---|---|"]
     for r in runs:
-        steps, wall = r["segments"][-1, 0], r["segments"][-1, 1]
+        steps, wall = r["segments"]["env_steps"][-1], r["segments"]["wall_s"][-1]
         avg, _ = _value_at(r, "steps", steps, window, entropy_window)
         lines.append(f"| {r['name']} | {_steps(steps)} | {wall / 60:.1f} | "
                      f"{steps / max(wall, 1e-9):,.0f} | {_cell(avg, float('nan'))} |")

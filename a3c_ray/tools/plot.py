@@ -14,41 +14,20 @@ from typing import Optional
 
 import numpy as np
 
-from ..telemetry.metrics import read_log
+from ..telemetry.runlog import read_run
 
 
 def load_run(run_dir: Path) -> dict:
-    log = run_dir / "log.jsonl"
-    if not log.is_file():
-        raise FileNotFoundError(f"{run_dir}: no log.jsonl; pass a run directory made by "
-                                "a3c-train")
-    recs = read_log(log)
-    starts = [r for r in recs if r["type"] == "start"]
-    if not starts:
-        raise ValueError(f"{log}: no start record; the file is not an a3c_ray run log")
-    # Wall-clock excludes pauses between a stop and a --resume.
-    eps, status, segs, wall_offset, last_t, t0 = [], [], [], 0.0, None, None
-    for r in recs:
-        if r["type"] == "start":
-            if last_t is not None:
-                wall_offset += last_t - t0
-            t0, last_t = r["t"], r["t"]
-            continue
-        if t0 is None:
-            continue
-        last_t = r["t"]
-        wall = wall_offset + r["t"] - t0
-        if r["type"] == "episode":
-            eps.append((r["frames"], wall, r["score"], r["env_steps"]))
-        elif r["type"] == "segment":
-            segs.append((r["env_steps"], wall, r["losses"]["entropy"]))
-        elif r["type"] == "status":
-            status.append((r["frames"], wall, r.get("steps_per_s") or 0.0,
-                           r.get("policy_lag_median")))
-    # episodes: frames, wall-clock s, score, env steps; segments: env steps, wall-clock s,
-    # policy entropy.
-    return {"name": run_dir.name, "episodes": np.array(eps, float).reshape(-1, 4),
-            "segments": np.array(segs, float).reshape(-1, 3), "status": status}
+    """A run's curves as named columns (``wall_s`` counts no pause between a stop and a
+    --resume): episodes (frames, score, env_steps), segments (env_steps, entropy),
+    status (steps_per_s, lag)."""
+    h = read_run(run_dir)
+    return {"name": h.name,
+            "episodes": h.columns("episode", frames="frames", score="score",
+                                  env_steps="env_steps"),
+            "segments": h.columns("segment", env_steps="env_steps", entropy="losses.entropy"),
+            "status": h.columns("status", steps_per_s="steps_per_s",
+                                lag="policy_lag_median")}
 
 
 def moving_average(x: np.ndarray, window: int) -> np.ndarray:
@@ -73,18 +52,16 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 100, title: Optiona
     (ax_f, ax_w), (ax_sps, ax_lag) = axes
     for i, run in enumerate(runs):
         color = f"C{i}"
-        e = run["episodes"]
-        if len(e):
-            ma = moving_average(e[:, 2], window)
-            ax_f.scatter(e[:, 0] / 1e6, e[:, 2], s=3, alpha=0.25, color=color)
-            ax_f.plot(e[:, 0] / 1e6, ma, color=color, label=run["name"])
-            ax_w.scatter(e[:, 1] / 60, e[:, 2], s=3, alpha=0.25, color=color)
-            ax_w.plot(e[:, 1] / 60, ma, color=color, label=run["name"])
-        if run["status"]:
-            s = np.array([(f, w, sps, np.nan if lag is None else lag)
-                          for f, w, sps, lag in run["status"]], float)
-            ax_sps.plot(s[:, 1] / 60, s[:, 2], color=color, label=run["name"])
-            ax_lag.plot(s[:, 1] / 60, s[:, 3], color=color, label=run["name"])
+        e, st = run["episodes"], run["status"]
+        if len(e["score"]):
+            ma = moving_average(e["score"], window)
+            ax_f.scatter(e["frames"] / 1e6, e["score"], s=3, alpha=0.25, color=color)
+            ax_f.plot(e["frames"] / 1e6, ma, color=color, label=run["name"])
+            ax_w.scatter(e["wall_s"] / 60, e["score"], s=3, alpha=0.25, color=color)
+            ax_w.plot(e["wall_s"] / 60, ma, color=color, label=run["name"])
+        if len(st["wall_s"]):
+            ax_sps.plot(st["wall_s"] / 60, st["steps_per_s"], color=color, label=run["name"])
+            ax_lag.plot(st["wall_s"] / 60, st["lag"], color=color, label=run["name"])
     ax_f.set(xlabel="env frames (millions)", ylabel="episode score",
              title=f"score per episode and {window}-episode moving average")
     ax_w.set(xlabel="wall-clock (minutes)", ylabel="episode score", title="score vs wall-clock")

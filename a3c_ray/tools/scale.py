@@ -356,10 +356,9 @@ def measure_driver_batch(seconds: float = 4.0) -> dict:
 
 def segment_ratios(run_dir: Path, last: int = 3000) -> tuple[list[float], dict]:
     """Segment compute times of a real run divided by their median (its jitter)."""
-    from ..telemetry.metrics import read_log
+    from ..telemetry.runlog import read_run
 
-    recs = read_log(Path(run_dir) / "log.jsonl")
-    segs = [r for r in recs if r["type"] == "segment"][-last:]
+    segs = read_run(Path(run_dir)).of("segment")[-last:]
     if len(segs) < 20:
         raise ValueError(f"{run_dir} has {len(segs)} segments; at least 20 are needed")
     t = np.array([r["time"]["total"] for r in segs])

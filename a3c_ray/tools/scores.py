@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.config import ConfigError, load_run_config
-from ..telemetry.metrics import read_log
+from ..telemetry.runlog import read_run
 
 #: A3C FF, 1 day on 16 CPU cores, human starts (Mnih et al. 2016, Table S3).
 PAPER_A3C = {"breakout": 551.6, "spaceinvaders": 2214.7, "pong": 11.4, "assault": 3746.1,
@@ -26,20 +26,13 @@ PAPER_A3C = {"breakout": 551.6, "spaceinvaders": 2214.7, "pong": 11.4, "assault"
 
 
 def run_summary(run_dir: Path) -> dict:
-    recs = read_log(run_dir / "log.jsonl")
-    stops = [r for r in recs if r["type"] == "stop"]
-    if not stops:
+    h = read_run(run_dir)
+    if not h.stops:
         raise ValueError(f"{run_dir}: the run has not stopped yet (no stop record)")
-    starts = [r for r in recs if r["type"] == "start"]
-    wall = 0.0
-    for st in starts:  # sum of the wall time of each start (a resumed run has several)
-        end = next((r["t"] for r in recs if r["type"] == "stop" and r["t"] > st["t"]), None)
-        if end:
-            wall += end - st["t"]
     cfg = load_run_config(run_dir)
-    return {"game": cfg.env.id, "frames": stops[-1]["env_steps"] * cfg.frames_per_step,
-            "wall_minutes": wall / 60, "workers": starts[-1]["workers"], "cfg": cfg,
-            "cores": run_cores(starts[-1], cfg)}
+    return {"game": cfg.env.id, "frames": h.stops[-1]["env_steps"] * cfg.frames_per_step,
+            "wall_minutes": h.wall_clock_s() / 60, "workers": h.starts[-1]["workers"],
+            "cfg": cfg, "cores": run_cores(h.starts[-1], cfg)}
 
 
 def run_cores(start: dict, cfg) -> str:

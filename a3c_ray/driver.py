@@ -667,11 +667,12 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
         ray_session_dir=ray_session_dir() if cfg.workers.mode == "ray" else None,
         ray_namespace=ray_namespace(cfg, run_dir.name) if cfg.workers.mode == "ray" else None,
         ps_pid=start.get("pid"), ps_node=start.get("node"), precision=start["precision"],
+        precision_why=start.get("precision_why"),
         incarnation=start["incarnation"],
         aggregator_nodes=getattr(backend, "aggregator_nodes", None))
     if cfg.logging.console != "quiet":
         print(f"a3c_ray: {cfg.env.id} | {n} workers x {cfg.training.envs_per_worker} envs | "
-              f"{start['precision']} | "
+              f"{start['precision']} ({start.get('precision_why')}) | "
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
               f"| run dir {run_dir}", file=reporter.stream, flush=True)
     trainer = Trainer(cfg, backend, reporter, n, start["incarnation"],

@@ -64,28 +64,63 @@ def test_torso_activation_below_zero(activation, slope):
     np.testing.assert_allclose(out, np.where(x > 0, x, expected), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("flags,amx", [("fpu avx512f amx_bf16 amx_tile", True),
-                                       ("fpu avx2 fma", False)])
-def test_auto_precision_follows_the_cpus_amx_flag(tmp_path, flags, amx):
-    from a3c_ray.core.models import cpu_has_amx
+def test_precision_rule_picks_bfloat16_only_where_it_is_faster():
+    from a3c_ray.core.precision import decide
 
-    info = tmp_path / "cpuinfo"
-    info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n")
-    assert cpu_has_amx(str(info)) is amx
-    assert cpu_has_amx(str(tmp_path / "missing")) is False
+    assert decide({"float32": 0.058, "mixed_bfloat16": 0.038})[0] == "mixed_bfloat16"
+    assert decide({"float32": 0.058, "mixed_bfloat16": 0.056})[0] == "float32"  # < 5%
+    p, why = decide({"float32": 0.05, "mixed_bfloat16": 0.30})  # no bfloat16 kernels
+    assert p == "float32" and "0.17x" in why
 
 
-def test_auto_precision_builds_the_resolved_policy_with_float32_weights():
-    # the expectation read from the kernel's flags here, not through the code under test
-    flags = {w for line in open("/proc/cpuinfo") if line.startswith("flags")
-             for w in line.split(":", 1)[1].split()}
+def test_auto_precision_measures_once_per_machine_and_network(tmp_path, monkeypatch):
+    """The first process measures and writes the machine's cache; the others read it;
+    another network shape is measured on its own."""
+    from a3c_ray.core.config import load_config
+    from a3c_ray.core.precision import auto_precision
+
+    monkeypatch.setenv("A3C_RAY_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake(cfg, obs_shape):
+        calls.append(obs_shape)
+        return {"float32": 2.0, "mixed_bfloat16": 1.0}
+
+    m = load_config(None, {"model.precision": "auto"}).model
+    first = auto_precision(m, (4, 84, 84), measure=fake)
+    again = auto_precision(m, (4, 84, 84), measure=fake)
+    assert first["precision"] == again["precision"] == "mixed_bfloat16" and len(calls) == 1
+    assert "2.00x faster" in first["why"] and "[" in first["ident"]["cpu"]
+    auto_precision(m, (4, 42, 42), measure=fake)
+    assert len(calls) == 2 and len(list((tmp_path / "cache").glob("precision-*.json"))) == 2
+
+
+@pytest.mark.parametrize("cached", ["mixed_bfloat16", "float32"])
+def test_auto_precision_builds_the_measured_policy_with_float32_weights(
+        tmp_path, monkeypatch, cached):
+    """What the machine's measurement chose is the policy the net is built with."""
+    from a3c_ray.core.precision import auto_precision
+
+    monkeypatch.setenv("A3C_RAY_CACHE", str(tmp_path / "cache"))
+    seconds = {"float32": 1.0, "mixed_bfloat16": 0.5 if cached != "float32" else 2.0}
+    rec = auto_precision(load_config(None, {"model.precision": "auto"}).model, (4, 84, 84),
+                         measure=lambda cfg, shape: seconds)
     net = _net((4, 84, 84), **{"model.precision": "auto"})
-    want = "mixed_bfloat16" if "amx_bf16" in flags else "float32"
-    assert net.precision == want
+    assert net.precision == cached and net.precision_why == rec["why"]
     conv = net.models["shared"].get_layer("conv1")
-    assert conv.dtype_policy.name == want
+    assert conv.dtype_policy.name == cached
     # Weights (what the PS, the optimizer and checkpoints see) stay float32 either way.
     assert {v.dtype for v in net.variables} == {"float32"}
     logits, values = net.forward(np.zeros((2, 4, 84, 84), np.uint8))
     assert logits.dtype == values.dtype == "float32"
     assert _net((4,), 2, **{"model.precision": "auto"}).precision == "float32"  # MLP
+
+
+def test_measure_segment_times_both_precisions():
+    from a3c_ray.core.config import load_config
+    from a3c_ray.core.precision import measure_segment
+
+    m = load_config(None, {"model.torso": "a3c", "model.conv_filters": [8, 16],
+                           "model.hidden_units": 32}).model
+    seconds = measure_segment(m, (2, 42, 42), repeats=2)
+    assert set(seconds) == {"float32", "mixed_bfloat16"} and min(seconds.values()) > 0

@@ -12,6 +12,7 @@ import numpy as np
 from a3c_ray.core.tflib import tf
 
 from .config import TORSO_KERNELS, ModelConfig
+from .precision import resolve_precision
 
 _configured_threads: tuple[int, int] | None = None
 
@@ -32,30 +33,6 @@ def configure_tf_threads(cpus: float) -> None:
         _configured_threads = (n, n)
     except RuntimeError:  # TF already initialised in this process
         _configured_threads = (-1, -1)
-
-
-def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True where the CPU advertises AMX bfloat16 tiles (Linux; False if unknown)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(precision: str, conv: bool = True) -> str:
-    """The Keras dtype policy for model.precision ('auto' decided by this machine's CPU).
-
-    Only the compute dtype changes: weights, gradients, optimizer slots and checkpoints
-    stay float32, so runs and checkpoints move freely between machines of either kind.
-    'auto' keeps the small MLPs of vector envs in float32: bfloat16 buys them nothing.
-    """
-    if precision == "auto":
-        return "mixed_bfloat16" if conv and cpu_has_amx() else "float32"
-    return precision
 
 
 def _leaky_relu(x):
@@ -108,7 +85,8 @@ class ActorCritic:
         self.n_actions = n_actions
         self.is_image = len(obs_shape) == 3
         self.arch = cfg.arch if self.is_image else cfg.mlp_arch
-        dtype = self.precision = resolve_precision(cfg.precision, self.is_image)
+        dtype, self.precision_why = resolve_precision(cfg, self.obs_shape)
+        self.precision = dtype
         in_shape = (obs_shape[1], obs_shape[2], obs_shape[0]) if self.is_image else obs_shape
         seed_init = keras.initializers.Orthogonal(gain=0.01)  # small logits: uniform start
         self.lstm_units = cfg.lstm_units

@@ -241,6 +241,7 @@ class ParameterServer:
     def status(self) -> dict:
         return {**self.counters, "lr": self.lr, "last": dict(self.last),
                 "num_params": self.num_params, "precision": self.net.precision,
+                "precision_why": self.net.precision_why,
                 "incarnation": self.incarnation,
                 "restored_from": self.restored_from, "pid": os.getpid()}
 

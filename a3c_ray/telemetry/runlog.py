@@ -34,6 +34,7 @@ class StartRecord(Record, total=False):
     ps_pid: int
     ps_node: str
     precision: str
+    precision_why: Optional[str]  # why model.precision resolved so on this CPU
     incarnation: str
     ray_session_dir: Optional[str]
     ray_namespace: str

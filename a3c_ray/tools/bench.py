@@ -220,10 +220,17 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _precision(cfg: Config) -> str:
     """model.precision as this machine resolves it ('auto' names what it chose)."""
-    from ..core.models import resolve_precision
+    from ..core.precision import resolve_precision
 
-    got = resolve_precision(cfg.model.precision)
+    got, _ = resolve_precision(cfg.model, observation_shape(cfg))
     return got if got == cfg.model.precision else f"{cfg.model.precision} ({got})"
+
+
+def observation_shape(cfg: Config) -> tuple:
+    """The observation shape of the config's env without making one, for the precision
+    decision (Atari: frames stacked x screen x screen; a vector env: its rank only)."""
+    e = cfg.env
+    return (e.frame_stack, e.screen_size, e.screen_size) if cfg.is_atari else (4,)
 
 
 def _pct(x) -> str:

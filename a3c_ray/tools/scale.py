@@ -453,9 +453,10 @@ def run(cfg: Config, args) -> dict:
 
 
 def _precision_name(cfg: Config) -> str:
-    from ..core.models import resolve_precision
+    from ..core.precision import resolve_precision
+    from .bench import observation_shape
 
-    return resolve_precision(cfg.model.precision)
+    return resolve_precision(cfg.model, observation_shape(cfg))[0]
 
 
 def _cpu_name() -> str:

@@ -146,10 +146,12 @@ class ModelConfig:
     mlp_arch: Arch = _f("separate", "Like arch, for the MLP of vector-observation envs "
                        "(separate nets are cheap there and learn CartPole faster).")
     precision: Precision = _f("auto", "'float32', 'mixed_bfloat16' (Keras mixed precision: "
-                        "bfloat16 compute, float32 weights and optimizer) or 'auto' "
-                        "(mixed_bfloat16 for the Atari networks where the CPU has AMX, "
-                        "float32 elsewhere and for MLPs, decided by each process for its "
-                        "own machine). bfloat16 without AMX is several times slower.")
+                              "bfloat16 compute, float32 weights and optimizer) or 'auto': "
+                              "each machine times one segment's inference and gradient in "
+                              "both and computes the Atari networks in bfloat16 where that is "
+                              "at least 5% faster (AMX, AVX512-BF16 CPUs), float32 elsewhere "
+                              "and for MLPs; measured once per machine, network and TF "
+                              "version and cached in ~/.cache/a3c_ray (A3C_RAY_CACHE).")
 
 
 @dataclass(frozen=True, config=_STRICT)

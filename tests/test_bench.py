@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -20,12 +22,17 @@ def test_bench_smoke_writes_json(tmp_path):
         assert r["updates_per_s"] > 0 and r["policy_lag_median"] is not None
         assert abs(sum(r["worker_time_split"].values()) - 1.0) < 0.01
         assert 0 < r["fraction_of_ale_bound"] and 0 < r["fraction_of_network_bound"]
+        assert r["fraction_of_combined_ceiling"] == pytest.approx(
+            r["fraction_of_ale_bound"] + r["fraction_of_network_bound"])
         assert 0 <= r["ps_busy_fraction"] < 1 and r["peak_rss_mb"]["worker_max"] > 100
         assert 0 < r["driver_cpu_fraction"] < 2  # cores' worth of the driver's own CPU
     b = res["bounds"]
     assert b["ale_env_steps_per_s_per_core"] > 0 and b["network"]["env_steps_per_s_per_core"] > 0
     assert b["network"]["retraces"] == {"act": 1, "gradient": 1}  # fixed signatures: no retracing
     assert "| 1x4, 5 |" in p.stdout and "| 2x4, 5 |" in p.stdout  # layout, t_max
+    assert "of the combined ceiling" in p.stdout
+    c = b["combined_env_steps_per_s"]
+    assert c == pytest.approx(1 / (1 / b["ale_env_steps_per_s"] + 1 / b["network_env_steps_per_s"]))
 
 
 def test_bench_rejects_bad_layout():

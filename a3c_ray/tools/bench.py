@@ -125,6 +125,16 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
     }
 
 
+def combined_bounds(ale_per_core: float, net: dict, cores: int) -> dict:
+    """The machine's bounds: the emulator alone, the network alone, and the ceiling of
+    both sharing the cores (each env step costs its emulator time plus its network time:
+    1 / (1/ale + 1/network))."""
+    ale, network = ale_per_core * cores, net["env_steps_per_s_per_core"] * cores
+    return {"ale_env_steps_per_s_per_core": ale_per_core, "network": net,
+            "ale_env_steps_per_s": ale, "network_env_steps_per_s": network,
+            "combined_env_steps_per_s": 1.0 / (1.0 / ale + 1.0 / network)}
+
+
 def parse_layouts(text: str) -> list[tuple[int, int]]:
     out = []
     for part in text.split(","):
@@ -187,9 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         configure_tf_threads(1)
         ale = measure_ale(cfg)
         net = measure_network(cfg)
-        result["bounds"] = {"ale_env_steps_per_s_per_core": ale, "network": net,
-                            "ale_env_steps_per_s": ale * cores,
-                            "network_env_steps_per_s": net["env_steps_per_s_per_core"] * cores}
+        result["bounds"] = combined_bounds(ale, net, cores)
         print(f"bounds on {cores} cores: ALE {ale * cores:,.0f} steps/s; network "
               f"{net['env_steps_per_s_per_core'] * cores:,.0f} steps/s "
               f"(inference {net['inference_ms_per_call']:.1f} ms/call of "
@@ -207,12 +215,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                 res["fraction_of_ale_bound"] = res["env_steps_per_s"] / b["ale_env_steps_per_s"]
                 res["fraction_of_network_bound"] = (res["env_steps_per_s"] /
                                                     b["network_env_steps_per_s"])
+                res["fraction_of_combined_ceiling"] = (res["env_steps_per_s"] /
+                                                       b["combined_env_steps_per_s"])
             result["layouts"].append(res)
             ray.shutdown()
     best = max(result["layouts"], key=lambda r: r["env_steps_per_s"])
     result["env_steps_per_s"] = best["env_steps_per_s"]
     result["best_layout"] = f"{best['workers']}x{best['envs_per_worker']}"
     print(format_table(result))
+    if "bounds" in result:
+        print(f"headline: {best['env_steps_per_s']:,.0f} env steps/s "
+              f"({result['best_layout']}) = {best['fraction_of_combined_ceiling']:.0%} of the "
+              f"combined ceiling, {result['bounds']['combined_env_steps_per_s']:,.0f} env "
+              f"steps/s on {cores} cores ({result['config']['precision']})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -238,15 +253,15 @@ def _pct(x) -> str:
 
 
 def format_table(result: dict) -> str:
-    rows = ["| layout (workers x envs, t_max) | env steps/s | frames/s | updates/s "
-            "| lag median / p95 | of ALE bound | of network bound "
+    rows = ["| layout (workers x envs, t_max) | env steps/s | of combined ceiling | frames/s "
+            "| updates/s | lag median / p95 | of ALE bound | of network bound "
             "| worker time env/infer/grad/sync/wait | PS busy | driver CPU |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["layouts"]:
         s = r["worker_time_split"]
         rows.append(
             f"| {r['workers']}x{r['envs_per_worker']}, {r.get('t_max', '?')} | "
-            f"{r['env_steps_per_s']:,.0f} | "
+            f"{r['env_steps_per_s']:,.0f} | {_pct(r.get('fraction_of_combined_ceiling'))} | "
             f"{r['frames_per_s']:,.0f} | {r['updates_per_s']:.1f} | "
             f"{r['policy_lag_median']} / {r['policy_lag_p95']} | "
             f"{_pct(r.get('fraction_of_ale_bound'))} | "

@@ -456,7 +456,7 @@ class Trainer:
     def _maybe_step(self) -> None:
         if not self.queue or self.backend.stepping() or self._hold() > 0:
             return
-        waiting = [i for bt in self.queue for i in bt["workers"]]
+        waiting = self._waiting()
         samples = sum(m["samples"] for bt in self.queue for _, m in bt["parts"])
         if not step_ready(samples, len(waiting), self._playing(waiting),
                           self.cfg.training.samples_per_update):
@@ -474,6 +474,10 @@ class Trainer:
         if not self.cfg.workers.wait_for_update:
             return self.n_workers
         return len(set(range(self.n_workers)) - set(waiting) - self._restarting())
+
+    def _waiting(self) -> list[int]:
+        """The workers whose gradients are queued (one entry per gradient)."""
+        return [i for bt in self.queue for i in bt["workers"]]
 
     def _restarting(self) -> set[int]:
         return {i for _, i in self._restarts}
@@ -503,8 +507,7 @@ class Trainer:
         if self._failures[i] > 20:
             raise RuntimeError(f"worker {i} failed 20 times in a row; last error: {err}")
         self._check_ps()
-        waiting = {j for bt in self.queue for j in bt["workers"]}
-        if i in self._restarting() or (i in waiting and self.cfg.workers.wait_for_update):
+        if i in self._restarting() or (i in self._waiting() and self.cfg.workers.wait_for_update):
             return  # already to be started again (by a restart or by the coming step)
         # backing off without stalling the loop (the other workers go on)
         self._restarts.append((time.time() + min(0.1 * self._failures[i], 2.0), i))

@@ -87,12 +87,12 @@ def auto_precision(model_cfg, obs_shape: tuple,
              "hidden": probe.hidden_units, "arch": probe.arch}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"precision-{key}.json"
+    stack = contextlib.ExitStack()
     try:
-        lock = _locked(path.with_suffix(".lock"))
-        lock.__enter__()
+        stack.enter_context(_locked(path.with_suffix(".lock")))
     except OSError:  # no writable cache here: measure, keep nothing
         return _measured(ident, probe, obs_shape, measure)
-    try:
+    with stack:
         with contextlib.suppress(OSError, ValueError, KeyError):
             rec = json.loads(path.read_text())
             if rec["ident"] == ident:
@@ -103,8 +103,6 @@ def auto_precision(model_cfg, obs_shape: tuple,
             tmp.write_text(json.dumps(rec, indent=1))
             os.replace(tmp, path)
         return rec
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _measured(ident: dict, probe, obs_shape: tuple, measure) -> dict:

@@ -80,8 +80,8 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
     cfg = load_config(base=cfg.to_dict(), source="bench", overrides={
         "workers.num_workers": workers, "training.envs_per_worker": envs,
         # more workers than CPUs: share the CPUs (whole CPUs each would leave some pending)
-        "workers.cpus_per_worker": min(1.0, (base.get("ray", {}).get("num_cpus")
-                                             or os.cpu_count() or 1) / workers),
+        "workers.cpus_per_worker": min(1.0, (cfg.ray.num_cpus or os.cpu_count() or 1)
+                                       / workers),
         "training.total_env_steps": 0, "training.total_episodes": 0,
         "training.time_limit_minutes": (seconds + warmup) / 60.0,
         "logging.run_dir": str(run_dir), "logging.console": "quiet",

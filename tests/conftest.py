@@ -11,6 +11,19 @@ os.environ.pop("RAY_ADDRESS", None)
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Every test has exactly one: unit (logic, TF at most: seconds), integration (real Ray,
+#: emulator or subprocesses, short), system (whole runs: learning, faults, clusters).
+KINDS = ("unit", "integration", "system")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        kinds = sorted({m.name for m in item.iter_markers() if m.name in KINDS})
+        if len(kinds) != 1:
+            raise pytest.UsageError(f"{item.nodeid} needs exactly one of the markers "
+                                    f"{', '.join(KINDS)} (it has {kinds or 'none'})")
+
 
 def run_driver(*args, timeout=600, cwd=None):
     """Run `python -m a3c_ray.driver ARGS` as a user would; returns CompletedProcess."""

@@ -11,6 +11,7 @@ def _stats(version, samples=10, inc="A", episodes=0):
             "episodes": [{}] * episodes, "incarnation": inc}
 
 
+@pytest.mark.unit
 def test_sum_of_several_workers_is_one_float32_vector_with_merged_meta():
     agg = NodeAggregator(0, "node-1")
     gs = [np.full(5, i + 1, np.float32) for i in range(3)]
@@ -27,6 +28,7 @@ def test_sum_of_several_workers_is_one_float32_vector_with_merged_meta():
     np.testing.assert_array_equal(gs[0], np.full(5, 1.0))  # inputs untouched
 
 
+@pytest.mark.unit
 def test_one_gradient_is_forwarded_as_its_own_object_and_bfloat16_sums_in_float32():
     import ml_dtypes
 
@@ -40,6 +42,7 @@ def test_one_gradient_is_forwarded_as_its_own_object_and_bfloat16_sums_in_float3
     assert total.dtype == np.float32 and np.allclose(total, 3.75)
 
 
+@pytest.mark.unit
 def test_a_lone_gradient_needs_no_value_a_second_needs_both():
     """What the aggregator actor relies on to forward a node's single gradient unfetched."""
     agg = NodeAggregator(0)
@@ -60,6 +63,7 @@ def test_a_lone_gradient_needs_no_value_a_second_needs_both():
     assert agg.take()["parts"][0][0] is first_ref
 
 
+@pytest.mark.unit
 def test_gradients_of_two_ps_incarnations_are_kept_apart():
     agg = NodeAggregator(0)
     agg.add(0, np.ones(3, np.float32), _stats(9, inc="old"))
@@ -68,6 +72,7 @@ def test_gradients_of_two_ps_incarnations_are_kept_apart():
     assert metas == ["new", "old"]
 
 
+@pytest.mark.unit
 def test_failures_are_reported_with_the_batch():
     agg = NodeAggregator(0)
     agg.fail(3, "RayActorError: died")
@@ -76,6 +81,7 @@ def test_failures_are_reported_with_the_batch():
     assert b["failures"] == [(3, "RayActorError: died", False)] and b["parts"] == []
 
 
+@pytest.mark.unit
 def test_step_rule():
     assert not step_ready(40, 4, 12, 80)    # too few samples, others still playing
     assert step_ready(80, 8, 8, 80)         # enough samples
@@ -85,6 +91,7 @@ def test_step_rule():
     assert step_ready(10, 1, 15, 1)         # samples_per_update 1: step on whatever waits
 
 
+@pytest.mark.unit
 def test_pacing_spaces_step_starts_by_a_segment_time_over_the_rate():
     seg, n = 1.0, 16
     assert pacing_wait(None, 5.0, seg, 2.0, n) == 0.0                     # first step
@@ -98,6 +105,7 @@ def test_pacing_spaces_step_starts_by_a_segment_time_over_the_rate():
     assert pacing_wait(4.9, 5.0, seg, 2.0, 3) == pytest.approx(0.4)
 
 
+@pytest.mark.integration
 def test_trainer_steps_on_samples_per_update_in_serial_mode(tmp_path):
     """The real loop (serial backend): 4 workers of 20 samples and samples_per_update 40
     make steps of two gradients; every segment the log counts reaches the PS."""

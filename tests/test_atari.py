@@ -6,6 +6,8 @@ import pytest
 
 from conftest import log_records as records, run_driver
 
+pytestmark = pytest.mark.integration
+
 FAST = ["--set", "training.envs_per_worker=4", "--set", "ray.include_dashboard=false",
         "--set", "logging.console_interval_seconds=2", "--workers", "2"]
 

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.integration
+
 CONFIG_CASES = {  # YAML text -> what the one line must say
     "unknown_section": ("trainer:\n  lr: 0.1\n", "unknown section 'trainer'"),
     "unknown_key": ("training:\n  learning_rate: 0.1\n", "training.learning_rate: unknown key"),

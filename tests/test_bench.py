@@ -7,6 +7,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.integration
+
 
 def test_bench_smoke_writes_json(tmp_path):
     out = tmp_path / "bench.json"

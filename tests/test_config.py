@@ -9,6 +9,7 @@ from a3c_ray.core.config import DEFAULT_CONFIG_PATH, ConfigError, field_docs, lo
 from conftest import run_driver
 
 
+@pytest.mark.unit
 def test_default_config_loads_with_the_documented_defaults():
     cfg = load_config()
     t = cfg.training
@@ -24,6 +25,7 @@ def test_default_config_loads_with_the_documented_defaults():
     assert cfg.workers.wait_for_update
 
 
+@pytest.mark.unit
 def test_every_yaml_key_is_documented_and_present():
     import yaml
     from a3c_ray.core.config import DEFAULT_CONFIG_PATH
@@ -33,11 +35,13 @@ def test_every_yaml_key_is_documented_and_present():
     assert keys == set(field_docs())
 
 
+@pytest.mark.unit
 def test_overrides_apply():
     cfg = load_config(None, {"env.id": "pong", "training.lr": 5e-4, "workers.num_workers": 3})
     assert cfg.env.id == "pong" and cfg.training.lr == 5e-4 and cfg.workers.num_workers == 3
 
 
+@pytest.mark.unit
 def test_every_key_help_lists_can_be_set_with_set():
     """`--set KEY=VALUE` reaches every key --help documents, the top-level seed too."""
     import yaml
@@ -55,6 +59,7 @@ def test_every_key_help_lists_can_be_set_with_set():
     assert load_config(None, dict([parse_override("seed=7")])).seed == 7
 
 
+@pytest.mark.unit
 def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
     from a3c_ray.core.config import atomic_write_text
 
@@ -65,6 +70,7 @@ def test_atomic_write_text_replaces_whole_and_leaves_no_temporary(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["latest.json"]
 
 
+@pytest.mark.unit
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     # YAML 1.1 (PyYAML's safe_load) reads 1e-10 as a string; users write it anyway.
     from a3c_ray.core.config import parse_override
@@ -78,6 +84,7 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
         load_config(None, {"training.lr": "1e-4x"})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("overrides, needle", [
     ({"training.lrr": 1}, "training.lrr: unknown key"),
     ({"training.t_max": "20"}, "training.t_max: must be an integer"),
@@ -102,6 +109,7 @@ def test_bad_values_raise_one_line(overrides, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.integration
 def test_help_documents_every_key():
     p = run_driver("--help", timeout=60)
     assert p.returncode == 0
@@ -112,6 +120,7 @@ def test_help_documents_every_key():
         assert flag in p.stdout
 
 
+@pytest.mark.unit
 def test_resumed_run_keeps_the_defaults_it_was_trained_with(tmp_path):
     """A run saved before lr_warmup_env_steps existed trained without a warm-up; --resume
     (and evaluate) must not switch one on just because the default changed since."""
@@ -147,6 +156,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_a_recipe_is_complete_and_differs_from_the_defaults_only_where_it_says(path):
     """configs/*.yaml: every key written out (a later change of a default does not change
@@ -164,6 +174,7 @@ def test_a_recipe_is_complete_and_differs_from_the_defaults_only_where_it_says(p
     assert differ == claimed
 
 
+@pytest.mark.unit
 def test_there_are_recipes_for_the_a3c_paper_and_universe_networks():
     names = {p.name for p in RECIPES}
     assert {"a3c-paper-net.yaml", "universe-lstm.yaml", "float32.yaml"} <= names

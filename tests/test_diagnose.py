@@ -1,4 +1,5 @@
 """The network-health diagnostic: golden shares, and a real checkpoint's torso."""
+import pytest
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from a3c_ray.tools.diagnose import layer_health
 from conftest import ROOT
 
 
+@pytest.mark.unit
 def test_layer_health_golden():
     # 4 frames x 2 positions x 3 units: unit 0 varies and fires, unit 1 never fires but
     # varies (a dead ReLU would be 0 everywhere: both), unit 2 is a saturated ELU (-1).
@@ -23,6 +25,7 @@ def test_layer_health_golden():
     assert h["mean"] == (28 - 28 - 8) / 24
 
 
+@pytest.mark.integration
 def test_diagnose_reads_a_real_checkpoint(short_run, tmp_path):
     out = tmp_path / "health.json"
     p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.diagnose", str(short_run),
@@ -40,6 +43,7 @@ def test_diagnose_reads_a_real_checkpoint(short_run, tmp_path):
     assert "never > 0" in p.stdout and "fc" in p.stdout
 
 
+@pytest.mark.integration
 def test_diagnose_refuses_a_missing_checkpoint(tmp_path):
     p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.diagnose", str(tmp_path / "nope")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

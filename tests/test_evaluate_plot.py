@@ -1,4 +1,5 @@
 """evaluate and plot on a short real run: their outputs, and their errors."""
+import pytest
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ def cli(module, *args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.integration
 def test_evaluate_reports_true_scores_and_protocol(short_run, tmp_path):
     out = tmp_path / "eval.json"
     p = cli("evaluate", str(short_run), "--episodes", "5", "--policy", "sampled",
@@ -40,12 +42,14 @@ def test_evaluate_reports_true_scores_and_protocol(short_run, tmp_path):
     assert sorted(float(ln.split("score ")[1].split(",")[0]) for ln in lines) == sorted(s)
 
 
+@pytest.mark.integration
 def test_evaluate_is_repeatable_with_a_seed(short_run):
     a = evaluate(str(short_run), episodes=3, policy="sampled", seed=3, num_envs=3)
     b = evaluate(str(short_run), episodes=3, policy="sampled", seed=3, num_envs=3)
     assert a["scores"] == b["scores"]
 
 
+@pytest.mark.unit
 def test_choose_actions_golden():
     logits = np.array([[0.0, 5.0, 1.0], [3.0, -1.0, 2.0]], np.float32)
     rng = np.random.default_rng(0)
@@ -63,6 +67,7 @@ def test_choose_actions_golden():
     assert set(np.unique(choose_actions(four, "greedy", rng, epsilon=1.0))) == {0, 1, 2, 3}
 
 
+@pytest.mark.integration
 def test_evaluate_epsilon_is_stated_and_checked(short_run, tmp_path):
     out = tmp_path / "eval.json"
     p = cli("evaluate", str(short_run), "--episodes", "2", "--epsilon", "0.05",
@@ -75,6 +80,7 @@ def test_evaluate_epsilon_is_stated_and_checked(short_run, tmp_path):
     assert p.returncode == 2 and len(lines) == 1 and "--epsilon must be in [0, 1]" in lines[0]
 
 
+@pytest.mark.integration
 def test_evaluate_video_writes_gif(short_run, tmp_path):
     p = cli("evaluate", str(short_run), "--episodes", "1", "--video", str(tmp_path / "v"))
     assert p.returncode == 0, p.stderr[-2000:]
@@ -84,6 +90,7 @@ def test_evaluate_video_writes_gif(short_run, tmp_path):
         assert im.n_frames > 10 and im.size == (252, 252)
 
 
+@pytest.mark.integration
 def test_evaluate_errors(short_run, tmp_path):
     p = cli("evaluate", str(tmp_path / "missing"))
     assert p.returncode == 2 and "not a run directory or a checkpoint" in p.stderr
@@ -106,6 +113,7 @@ def test_evaluate_errors(short_run, tmp_path):
     assert len(lines) == 1 and "corrupt" in lines[0]
 
 
+@pytest.mark.integration
 def test_plot_draws_runs(short_run, tmp_path):
     out = tmp_path / "curves.png"
     p = cli("plot", str(short_run), str(short_run), "-o", str(out), "--window", "5")
@@ -118,6 +126,7 @@ def test_plot_draws_runs(short_run, tmp_path):
     assert p.returncode == 2 and "no log.jsonl" in p.stderr
 
 
+@pytest.mark.integration
 def test_compare_reads_the_logs_at_equal_steps_and_minutes(short_run, tmp_path):
     from a3c_ray.tools.compare import compare
     from conftest import log_records
@@ -142,11 +151,13 @@ def test_compare_reads_the_logs_at_equal_steps_and_minutes(short_run, tmp_path):
     assert p.returncode == 0 and (tmp_path / "c.md").read_text() == p.stdout
 
 
+@pytest.mark.unit
 def test_moving_average_golden():
     np.testing.assert_allclose(moving_average(np.array([1.0, 2.0, 3.0, 4.0]), 2),
                                [1.0, 1.5, 2.5, 3.5])
 
 
+@pytest.mark.integration
 def test_scores_table_row_from_a_finished_run(short_run, tmp_path):
     """The table names the game, the frames and CPUs the run had, the same evaluation
     score `evaluate` gives, a measured random score and the paper's figure."""
@@ -172,6 +183,7 @@ def test_scores_table_row_from_a_finished_run(short_run, tmp_path):
     assert "human starts" in out.read_text()
 
 
+@pytest.mark.integration
 def test_scores_refuses_an_unfinished_run(tmp_path):
     run = tmp_path / "running"
     run.mkdir()

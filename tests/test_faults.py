@@ -14,6 +14,8 @@ import yaml
 from conftest import ROOT, run_driver, wait_until
 from conftest import log_records as recs
 
+pytestmark = pytest.mark.system
+
 FAST = ["--env", "CartPole-v1", "--workers", "2", "--set", "training.envs_per_worker=4",
         "--set", "ray.include_dashboard=false", "--set", "logging.console_interval_seconds=2"]
 

@@ -1,8 +1,11 @@
 """A3C learns: CartPole-v1 through the real service (Ray actors, 2 workers)."""
+import pytest
 import json
 
 from a3c_ray.tools.evaluate import evaluate
 from conftest import run_driver
+
+pytestmark = pytest.mark.system
 
 STAGE_STEPS = 150_000
 MAX_STAGES = 8          # budget: 1.2M env steps (stops at the first stage >= 450)

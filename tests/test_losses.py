@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from a3c_ray.core.losses import a3c_loss, lambda_returns, n_step_returns, seed_lr
 
+pytestmark = pytest.mark.unit
+
 
 def test_returns_restart_after_terminal_and_bootstrap_at_end():
     # gamma 0.5; step 1 is terminal; the segment ends mid-episode -> bootstrap 10.

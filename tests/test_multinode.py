@@ -1,6 +1,7 @@
 """Several Ray nodes on one machine (ray.cluster_utils.Cluster): workers spread over
 nodes, the PS sits on the node tagged for it, and a removed node's worker comes back
 on another node while training goes on."""
+import pytest
 import subprocess
 import sys
 import signal
@@ -10,6 +11,8 @@ from ray.cluster_utils import Cluster
 
 from conftest import ROOT, wait_until
 from conftest import log_records as recs
+
+pytestmark = pytest.mark.system
 
 
 def stop_then_shutdown(proc, cluster):

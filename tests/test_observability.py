@@ -17,6 +17,8 @@ import pytest
 from a3c_ray.telemetry.runlog import read_log
 from conftest import ROOT, log_records, wait_until
 
+pytestmark = pytest.mark.integration
+
 METRICS_PORT = 18481
 DASHBOARD_PORT = 18465
 PROM_PORT = 18490

@@ -5,6 +5,8 @@ import pytest
 from a3c_ray.core.config import load_config
 from a3c_ray.core.parameter_server import CheckpointError, ParameterServer
 
+pytestmark = pytest.mark.unit
+
 
 def make_ps(tmp_path, **ov):
     cfg = load_config(None, {"env.id": "CartPole-v1", "training.lr_warmup_env_steps": 0, **ov})

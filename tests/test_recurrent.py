@@ -12,6 +12,7 @@ def _cfg(**overrides):
     return load_config(None, {**base, **overrides})
 
 
+@pytest.mark.unit
 def test_universe_lstm_matches_hand_count():
     cfg = _cfg(**{"model.torso": "universe", "env.screen_size": 42, "model.lstm_units": 256,
                   "model.conv_filters": [32, 32, 32, 32]})
@@ -23,11 +24,13 @@ def test_universe_lstm_matches_hand_count():
     assert net.recurrent and net.initial_state(3).shape == (3, 512)
 
 
+@pytest.mark.unit
 def test_feed_forward_state_has_width_zero():
     net = ActorCritic((4, 84, 84), 6, _cfg().model)
     assert not net.recurrent and net.initial_state(5).shape == (5, 0)
 
 
+@pytest.mark.unit
 def test_unroll_resets_the_state_where_episodes_start():
     """unroll over a segment == stepping one obs at a time, zeroing the state at starts."""
     cfg = _cfg(**{"model.lstm_units": 8, "model.mlp_arch": "shared"})
@@ -53,6 +56,7 @@ def test_unroll_resets_the_state_where_episodes_start():
     assert np.abs(changed).max() > 1e-4
 
 
+@pytest.mark.unit
 def test_worker_gradient_sees_what_acting_saw():
     """On real CartPole episodes (several end inside a segment), the values the worker
     read while acting equal those of the gradient's unroll, segment after segment."""
@@ -81,6 +85,7 @@ def test_worker_gradient_sees_what_acting_saw():
         w.close()
 
 
+@pytest.mark.unit
 def test_lstm_needs_a_shared_torso():
     with pytest.raises(ConfigError, match=r"model.lstm_units: .*set model.arch=shared"):
         _cfg(**{"model.lstm_units": 64, "model.arch": "separate"})
@@ -88,6 +93,7 @@ def test_lstm_needs_a_shared_torso():
         _cfg(**{"env.id": "CartPole-v1", "model.lstm_units": 64})
 
 
+@pytest.mark.integration
 def test_lstm_run_evaluates_and_its_checkpoint_guards_the_architecture(tmp_path):
     """A short real Pong run with the universe-starter-agent network (42x42, LSTM):
     evaluate plays it with its state, and a config without the LSTM is refused."""

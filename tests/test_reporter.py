@@ -9,6 +9,8 @@ from a3c_ray.core.config import load_config
 from a3c_ray.telemetry.metrics import Reporter
 from a3c_ray.telemetry.runlog import read_log
 
+pytestmark = pytest.mark.unit
+
 
 def _segment(rep, worker, steps, total, lag, lr):
     rep.segment({"worker": worker, "version": 1, "env_steps": steps, "episodes": [],

@@ -8,6 +8,8 @@ import pytest
 
 from a3c_ray.run_lock import NAME, RunLock, RunLockError, _start_time
 
+pytestmark = pytest.mark.unit
+
 
 def _write(run, **owner):
     (run / NAME).write_text(json.dumps({"host": socket.gethostname(), "since": 0, **owner}))

@@ -17,6 +17,7 @@ def lags_of(run):
     return [lag for u in log_records(run, "update") for lag in u["lags"]]
 
 
+@pytest.mark.system
 def test_sixteen_workers_keep_lag_at_most_two(tmp_path):
     """16 workers x 2 envs (the default's 32 envs): each step takes the 80 samples of
     about 8 workers, so versions do not race ahead of the workers."""
@@ -45,6 +46,7 @@ def _cartpole_cfg():
     return load_config(None, {"env.id": "CartPole-v1"})
 
 
+@pytest.mark.integration
 def test_status_and_checkpoint_answer_while_steps_run(tmp_path):
     """Control calls run in their own concurrency group: they do not wait for the
     queue of steps (asserted by completion order, not by time)."""
@@ -73,6 +75,7 @@ def test_status_and_checkpoint_answer_while_steps_run(tmp_path):
         ray.shutdown()
 
 
+@pytest.mark.system
 def test_three_nodes_one_aggregator_per_worker_node_and_one_weights_object_per_version(
         tmp_path):
     """Workers fill three nodes, the PS's among them: the PS node's workers are run by
@@ -111,6 +114,7 @@ def _costs(**ov):
     return {**c, **ov}
 
 
+@pytest.mark.unit
 def test_model_without_pacing_shows_lag_growing_with_workers():
     from a3c_ray.tools.scale import simulate
 
@@ -127,6 +131,7 @@ def test_model_without_pacing_shows_lag_growing_with_workers():
     assert paced[2]["env_steps_per_s"] > 0.9 * 8 * paced[1]["env_steps_per_s"]
 
 
+@pytest.mark.unit
 def test_model_counts_one_sum_per_node_and_one_version_fetch_per_node():
     from a3c_ray.tools.scale import simulate
 

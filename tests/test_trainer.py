@@ -1,7 +1,10 @@
 """The driver loop's step accounting over a scripted backend (the loop's own logic: which
 workers can still add to a step, so that failures never leave it waiting forever)."""
+import pytest
 from a3c_ray.core.config import Config
 from a3c_ray.driver import Trainer
+
+pytestmark = pytest.mark.unit
 
 
 class ScriptedBackend:

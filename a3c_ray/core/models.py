@@ -43,22 +43,11 @@ def _leaky_relu(x):
 _ACTIVATIONS = {"leaky_relu": _leaky_relu}
 
 
-class _Float32Init(keras.initializers.Initializer):
-    """An initializer drawn in float32 and cast to the variable's dtype (TF's QR, behind
-    Orthogonal, has no bfloat16 kernel)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, shape, dtype=None):
-        return keras.ops.cast(self.inner(shape, dtype="float32"), dtype or "float32")
-
-
 def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str, dense: bool = True):
     if is_image:
         # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU and leaky ReLU): Keras'
         # Glorot default shrinks activations layer by layer.
-        init = _Float32Init(keras.initializers.Orthogonal(gain=float(np.sqrt(2.0))))
+        init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
         act = _ACTIVATIONS.get(cfg.activation, cfg.activation)
         if cfg.torso in TORSO_KERNELS:
             layers = [(f, k, s, "valid")
@@ -89,24 +78,15 @@ class ActorCritic:
     RLlib's A3C): the net then carries a state per env, a float32 array
     [n, 2 * lstm_units] (h and c side by side) that is zero at an episode's start.
     Feed-forward nets have a state of width 0, so callers can treat both alike.
-
-    ``worker=True`` builds a rollout worker's copy, which never takes an optimizer step:
-    under mixed_bfloat16 its torso keeps its variables in bfloat16, the very numbers the
-    mixed layers compute with (they cast every float32 variable to bfloat16 at each
-    call), so it skips those casts and gives the same logits, values and gradients bit
-    for bit (tested). The parameter server keeps float32 masters for its optimizer.
     """
 
-    def __init__(self, obs_shape: tuple, n_actions: int, cfg: ModelConfig,
-                 worker: bool = False):
+    def __init__(self, obs_shape: tuple, n_actions: int, cfg: ModelConfig):
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
         self.is_image = len(obs_shape) == 3
         self.arch = cfg.arch if self.is_image else cfg.mlp_arch
         dtype, self.precision_why = resolve_precision(cfg, self.obs_shape)
         self.precision = dtype
-        if worker and dtype == "mixed_bfloat16":
-            dtype = "bfloat16"
         in_shape = (obs_shape[1], obs_shape[2], obs_shape[0]) if self.is_image else obs_shape
         seed_init = keras.initializers.Orthogonal(gain=0.01)  # small logits: uniform start
         self.lstm_units = cfg.lstm_units
@@ -133,7 +113,6 @@ class ActorCritic:
             self.models = {"shared": keras.Model(s_in, [logits, value], name="shared")}
         self.groups = [(name, list(m.trainable_variables)) for name, m in self.models.items()]
         self.variables = [v for _, vs in self.groups for v in vs]
-        self._set_flat = None  # compiled on first use
 
     def _build_recurrent(self, in_shape, n_actions, cfg, dtype, head_init):
         """torso (obs -> features) and core (features, h, c -> logits, value, h, c).
@@ -250,22 +229,14 @@ class ActorCritic:
             v.assign(w)
 
     def set_flat_weights(self, flat: np.ndarray) -> None:
-        """Load all variables from one flat float32 vector (the PS's published form),
-        cast to each variable's dtype, in one compiled call."""
+        """Load all variables from one flat float32 vector (the PS's published form)."""
         if flat.shape != (self.num_params(),):
             raise ValueError(f"expected {self.num_params()} weights, got {flat.shape}")
-        if self._set_flat is None:
-            sizes = [int(np.prod(v.shape)) for v in self.variables]
-            variables = self.variables
-
-            @tf.function(input_signature=[tf.TensorSpec([sum(sizes)], tf.float32)],
-                         autograph=False)
-            def set_flat(f):
-                for v, part in zip(variables, tf.split(f, sizes)):
-                    v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
-
-            self._set_flat = set_flat
-        self._set_flat(flat)
+        i = 0
+        for v in self.variables:
+            n = int(np.prod(v.shape))
+            v.assign(flat[i:i + n].reshape(v.shape))
+            i += n
 
     def obs_spec(self, dtype) -> tf.TensorSpec:
         return tf.TensorSpec([None, *self.obs_shape], tf.as_dtype(dtype))

@@ -78,8 +78,6 @@ class ParameterServer:
             input_signature=[], autograph=False)
         self._weights_cache: Optional[dict] = None
         self._acc = np.zeros(self.num_params, np.float32)  # the step's sum, reused
-        ends = np.cumsum([sum(int(np.prod(v.shape)) for v in vs) for _, vs in self.net.groups])
-        self._group_bounds = list(zip([0, *ends[:-1]], ends))  # each network's flat slice
         # A step and a checkpoint never interleave: a checkpoint is one version.
         self.lock = threading.Lock()
         self.last: dict[str, Any] = {}
@@ -96,23 +94,26 @@ class ParameterServer:
         variables = [v for _, vs in groups for v in vs]
         sizes = [int(np.prod(v.shape)) for v in variables]
         fused = self.cfg.training.optimizer == "rmsprop"
+        clip = self.cfg.training.grad_clip_norm
         # TF's fused RMSProp kernel has no momentum-free form: it writes lr * g / sqrt(ms +
         # eps) into a momentum slot (momentum 0 makes that the plain step). Scratch only,
         # rewritten by every step, so it is not checkpointed.
         scratch = [[tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False) for v in vs]
                    for _, vs in groups] if fused else []
 
-        # scales[k]: network k's factor, 1 / samples times its clip (``_group_scales``),
-        # applied in the one pass that reshapes the flat sum into variables (split along
-        # its only axis shares the buffer).
         @tf.function(input_signature=[tf.TensorSpec([sum(sizes)], tf.float32),
-                                      tf.TensorSpec([len(groups)], tf.float32)],
-                     autograph=False)
-        def apply(flat, scales):
-            parts = tf.split(flat, sizes)
+                                      tf.TensorSpec([], tf.float32)], autograph=False)
+        def apply(flat, scale):
+            parts = tf.split(flat * scale, sizes)
+            grads = [tf.reshape(p, v.shape) for p, v in zip(parts, variables)]
             i = 0
             for k, (opt, vs) in enumerate(groups):
-                g = [tf.reshape(p, v.shape) * scales[k] for p, v in zip(parts[i:], vs)]
+                g = grads[i:i + len(vs)]
+                if clip > 0:
+                    # The step's mean, per network: with separate actor and critic, one
+                    # global norm is the critic's (returns of ~100 on CartPole) and
+                    # starves the actor.
+                    g, _ = tf.clip_by_global_norm(g, clip)
                 if fused:
                     _fused_rmsprop(tf, opt, vs, g, scratch[k])
                 else:
@@ -120,19 +121,6 @@ class ParameterServer:
                 i += len(vs)
 
         return apply
-
-    def _group_scales(self, sq_groups: list[float], samples: int) -> np.ndarray:
-        """Per network: 1 / samples, times min(1, clip / norm of the step's mean).
-
-        The step's mean is clipped per network: with separate actor and critic, one
-        global norm is the critic's (returns of ~100 on CartPole) and starves the actor.
-        """
-        clip = self.cfg.training.grad_clip_norm
-        out = []
-        for sq in sq_groups:
-            norm = math.sqrt(sq) / samples
-            out.append((min(1.0, clip / norm) if clip > 0 and norm > 0 else 1.0) / samples)
-        return np.asarray(out, np.float32)
 
     def _lr(self) -> float:
         from .losses import seed_lr
@@ -195,15 +183,15 @@ class ParameterServer:
                 status["rejected_stale"] = status.get("rejected_stale", 0) + 1
             else:
                 keep.append((g, m))
-        acc, keep, sq_groups = self._sum_finite(keep, status)
+        acc, keep, sq = self._sum_finite(keep, status)
         norm = 0.0
         if keep:
             samples = sum(int(m["samples"]) for _, m in keep)
-            norm = math.sqrt(sum(sq_groups)) / samples
+            norm = math.sqrt(sq) / samples
             self.lr = self._lr()
             for opt in self.optimizers.values():
                 opt.learning_rate = self.lr
-            self._apply(acc, self._group_scales(sq_groups, samples))
+            self._apply(acc, np.float32(1.0 / samples))
             c["version"] += 1
             c["updates"] += 1
             c["gradients"] += sum(int(m["gradients"]) for _, m in keep)
@@ -226,21 +214,21 @@ class ParameterServer:
                 if int(m[k]) < 0 or (k == "samples" and int(m[k]) == 0):
                     raise ValueError(f"gradient meta {k}={m[k]!r} is out of range")
 
-    def _sum_finite(self, keep: list, status: dict) -> tuple[np.ndarray, list, list]:
+    def _sum_finite(self, keep: list, status: dict) -> tuple[np.ndarray, list, float]:
         """Sum into the reused accumulator; if the sum is not finite, drop the bad ones.
 
         One pass per gradient in the common case: finiteness is checked on the sum's
-        squared norms (NaN and inf survive addition), and only then per gradient.
-        Returns (sum, the gradients in it, its squared norm per network).
+        squared norm (NaN and inf survive addition), and only then per gradient.
+        Returns (sum, the gradients in it, its squared norm).
         """
         acc = self._acc
         if not keep:
-            return acc, keep, []
+            return acc, keep, 0.0
         np.copyto(acc, keep[0][0], casting="unsafe")
         for g, _ in keep[1:]:
             np.add(acc, g, out=acc, casting="unsafe")
-        sq = [float(np.dot(acc[a:b], acc[a:b])) for a, b in self._group_bounds]
-        if math.isfinite(sum(sq)):
+        sq = float(np.dot(acc, acc))
+        if math.isfinite(sq):
             return acc, keep, sq
         good = [(g, m) for g, m in keep
                 if math.isfinite(float(np.dot(g.astype(np.float32), g.astype(np.float32))))]
@@ -248,7 +236,7 @@ class ParameterServer:
             if not any(m is m2 for _, m2 in good):
                 self.counters["rejected_nonfinite"] += int(m["gradients"])
                 status["rejected_nonfinite"] = status.get("rejected_nonfinite", 0) + 1
-        return self._sum_finite(good, status) if good else (acc, [], [])
+        return self._sum_finite(good, status) if good else (acc, [], 0.0)
 
     def status(self) -> dict:
         return {**self.counters, "lr": self.lr, "last": dict(self.last),

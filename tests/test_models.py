@@ -128,36 +128,6 @@ def test_measure_segment_times_both_precisions():
     assert set(seconds) == {"float32", "mixed_bfloat16"} and min(seconds.values()) > 0
 
 
-@pytest.mark.parametrize("arch", ["shared", "separate"])
-def test_worker_copy_in_bfloat16_computes_what_the_mixed_master_computes(arch):
-    # Mixed precision casts each float32 variable to bfloat16 at every call; the worker's
-    # copy holds those bfloat16 numbers, so logits, values and gradients must be equal.
-    from a3c_ray.core.tflib import tf
-
-    cfg = load_config(None, {"model.precision": "mixed_bfloat16", "model.arch": arch,
-                             "model.conv_filters": [8, 8, 8], "model.hidden_units": 32}).model
-    master = ActorCritic((4, 42, 42), 6, cfg)
-    worker = ActorCritic((4, 42, 42), 6, cfg, worker=True)
-    torso_dtypes = {v.dtype for v in worker.variables if "conv" in v.path or "fc" in v.path}
-    assert torso_dtypes == {"bfloat16"}
-    assert {v.dtype for v in master.variables} == {"float32"}
-    flat = np.concatenate([w.reshape(-1) for w in master.get_weights()]).astype(np.float32)
-    worker.set_flat_weights(flat)
-    obs = np.random.default_rng(1).integers(0, 256, (20, 4, 42, 42), dtype=np.uint8)
-
-    def grads(net):
-        with tf.GradientTape() as tape:
-            logits, value = net.forward(obs)
-            loss = tf.reduce_sum(tf.nn.log_softmax(logits)[:, 2]) + tf.reduce_sum(value ** 2)
-        return logits.numpy(), value.numpy(), np.concatenate(
-            [tf.reshape(tf.cast(g, tf.float32), [-1]).numpy()
-             for g in tape.gradient(loss, net.variables)])
-
-    (lm, vm, gm), (lw, vw, gw) = grads(master), grads(worker)
-    assert np.array_equal(lm, lw) and np.array_equal(vm, vw)
-    assert np.abs(gm).max() > 0 and np.array_equal(gm, gw)
-
-
 def test_set_flat_weights_loads_every_variable_in_order():
     net = _net((4, 42, 42), **{"model.conv_filters": [8, 8, 8], "model.hidden_units": 32})
     flat = np.arange(net.num_params(), dtype=np.float32) / net.num_params()

@@ -39,7 +39,7 @@ class EnvBatch:
         kind, name = resolve_game(cfg.env.id)
         self.kind, self.name = kind, name
         if kind == "atari":
-            self._env, self.action_map, self.action_names, minimal = _make_atari(
+            self._env, self.action_map, self.action_names, minimal = make_atari(
                 cfg, name, num_envs)
             # Same rule as gymnasium's FireReset: FIRE is action 1 of >= 3 minimal actions.
             needs_fire = cfg.env.fire_reset and len(minimal) >= 3 and minimal[1] == "FIRE"
@@ -112,7 +112,9 @@ class EnvBatch:
         self._env.close()
 
 
-def _make_atari(cfg: Config, rom: str, num_envs: int):
+def make_atari(cfg: Config, rom: str, num_envs: int):
+    """ale-py's vector env for `rom` with the config's preprocessing (one C++ thread):
+    (env, action_map into the env's actions, action names, the game's minimal set)."""
     import gymnasium as gym
     from ale_py.vector_env import AtariVectorEnv
 

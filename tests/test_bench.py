@@ -43,26 +43,17 @@ def test_bench_rejects_bad_layout():
     assert p.returncode == 2 and "--layouts: '2by8' is not WORKERSxENVS" in p.stderr
 
 
-def test_probes_time_each_component_and_write_json(tmp_path):
-    small = ["--set", "training.envs_per_worker=4", "--set", "model.precision=float32"]
-    runs = {"rollout": ["--seconds", "1", "--rounds", "1", "--processes", "1"],
-            "network": ["--calls", "3"], "ps": ["--calls", "3"]}
-    for what, extra in runs.items():
-        out = tmp_path / f"{what}.json"
-        p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "probe", what, *extra,
-                            *small, "--json", str(out)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, p.stderr[-3000:]
-        res = json.loads(out.read_text())
-        assert res["probe"] == what
-        if what == "rollout":
-            assert res["serial"][0] > 0 and res["double_buffered"][0] > 0
-            assert res["ratio_double_over_serial"] > 0
-        elif what == "network":
-            assert all(res["net"][k] > 0 for k in ("inference_ms", "gradient_ms",
-                                                   "load_weights_ms"))
-        else:
-            assert 0 < res["apply_ms"] <= res["apply_and_publish_ms"] * 2
-    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "probe", "ps", "--set",
+def test_rollout_probe_times_both_loops_and_writes_json(tmp_path):
+    out = tmp_path / "rollout.json"
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "rollout", "--seconds", "1",
+                        "--rounds", "1", "--processes", "1", "--set",
+                        "training.envs_per_worker=4", "--set", "model.precision=float32",
+                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["serial"][0] > 0 and res["double_buffered"][0] > 0
+    assert res["ratio_double_over_serial"] > 0
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "rollout", "--set",
                         "training.lr=-1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "a3c-bench probe: config error" in p.stderr
+    assert p.returncode == 2 and "a3c-bench rollout: config error" in p.stderr

@@ -1,8 +1,8 @@
 """Throughput benchmark: ``a3c-bench --env pong --seconds 60 --json out.json``.
 
 (``a3c-bench scale`` measures unit costs and models many workers: see
-``scale.py``; ``a3c-bench probe rollout|network|ps`` times one component alone: see
-``probe.py``.)
+``scale.py``; ``a3c-bench rollout`` times a worker's acting loop alone, serial
+against double-buffered: see ``rollout.py``.)
 
 Runs the real service (parameter server, rollout workers, driver loop on Ray)
 for a warm-up plus a measured window, for one or several layouts
@@ -165,10 +165,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .scale import main as scale_main
 
         return scale_main(argv[1:], lambda a: _config(a, "a3c-bench scale"))
-    if argv[:1] == ["probe"]:
-        from .probe import main as probe_main
+    if argv[:1] == ["rollout"]:
+        from .rollout import main as rollout_main
 
-        return probe_main(argv[1:], lambda a: _config(a, "a3c-bench probe"))
+        return rollout_main(argv[1:], lambda a: _config(a, "a3c-bench rollout"))
     p = argparse.ArgumentParser(prog="a3c-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="pong", help="game (default pong)")

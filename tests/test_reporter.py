@@ -12,9 +12,9 @@ from a3c_ray.telemetry.runlog import read_log
 pytestmark = pytest.mark.unit
 
 
-def _segment(rep, worker, steps, total, lag, lr):
+def _segment(rep, worker, steps, total, lag, lr, entropy=1.5, grad_norm=0.5):
     rep.segment({"worker": worker, "version": 1, "env_steps": steps, "episodes": [],
-                 "losses": {"total": total, "entropy": 1.5}, "grad_norm": 0.5,
+                 "losses": {"total": total, "entropy": entropy}, "grad_norm": grad_norm,
                  "time": {"env": 0.01, "inference": 0.01, "gradient": 0.02, "sync": 0.0,
                           "wait": 0.0}})
     rep.update({"version": 2, "k": 1, "k_applied": 1, "lags": [lag], "lr": lr,
@@ -52,6 +52,24 @@ def test_segment_scalars_are_averaged_per_tick_and_every_segment_is_logged(tmp_p
     assert [s["env_steps"] for s in segs] == [80, 160, 240]
     ups = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "update"]
     assert [u["lags"] for u in ups] == [[1], [3], [2]]
+
+
+def test_interval_extremes_show_a_one_segment_collapse_that_means_hide(tmp_path):
+    """One segment in many with its policy entropy near 0 (a one-step collapse) and a
+    large gradient: the interval's mean barely moves, its min / max show it."""
+    cfg = load_config(overrides={"logging.console": "quiet"})
+    rep = Reporter(cfg, tmp_path, start={}, stream=io.StringIO())
+    for i in range(9):
+        _segment(rep, i % 2, 80, total=1.0, lag=1, lr=1e-4)
+    _segment(rep, 1, 80, total=1.0, lag=1, lr=1e-4, entropy=0.01, grad_norm=900.0)
+    rep.tick(force=True)
+    _segment(rep, 0, 80, total=1.0, lag=1, lr=1e-4, entropy=1.6, grad_norm=0.2)
+    rep.close()
+
+    tb = _tb_scalars(tmp_path)
+    assert tb["loss/entropy"][0] == (800, pytest.approx((9 * 1.5 + 0.01) / 10))
+    assert tb["loss/entropy_min"] == [(800, pytest.approx(0.01)), (880, pytest.approx(1.6))]
+    assert tb["train/grad_norm_max"] == [(800, pytest.approx(900.0)), (880, pytest.approx(0.2))]
 
 
 def test_status_reports_the_drivers_own_cpu(tmp_path):

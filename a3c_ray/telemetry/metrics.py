@@ -53,6 +53,9 @@ class Reporter:
 
             self._tb = tf.summary.create_file_writer(str(run_dir / "tb"))
         self._tb_means: dict = {}  # tag -> [sum, count] of segment values since the last tick
+        # tag -> the interval's extreme: a one-step collapse of the policy (its entropy
+        # near 0 for a few versions, then back) is one segment in hundreds; means hide it.
+        self._tb_extremes: dict = {}
         self._ray_metrics = RayMetrics(run_dir.name, "driver") if ray_metrics else None
 
     # ---- inputs ------------------------------------------------------------
@@ -77,6 +80,8 @@ class Reporter:
             values = {f"loss/{k}": v for k, v in stats["losses"].items()}
             values["train/grad_norm"] = stats.get("grad_norm", 0.0)
             self._add_means(values)
+            self._add_extreme("loss/entropy_min", stats["losses"].get("entropy"), min)
+            self._add_extreme("train/grad_norm_max", stats.get("grad_norm"), max)
 
     def update(self, rec: dict, lags: Optional[list] = None) -> None:
         """One PS step finished: k sums of worker gradients, its timing, and `lags`: each
@@ -108,6 +113,11 @@ class Reporter:
             acc = self._tb_means.setdefault(tag, [0.0, 0])
             acc[0] += float(v)
             acc[1] += 1
+
+    def _add_extreme(self, tag: str, v: Optional[float], pick) -> None:
+        if v is not None and math.isfinite(v):
+            old = self._tb_extremes.get(tag)
+            self._tb_extremes[tag] = float(v) if old is None else pick(old, float(v))
 
     def episode(self, ep: dict, worker: int) -> None:
         self.episodes += 1
@@ -213,12 +223,15 @@ class Reporter:
             print(format_status(st, self.cfg), file=self.stream, flush=True)
 
     def _write_tb_means(self) -> None:
-        """Write the segment means gathered since the last call (inside as_default)."""
+        """Write the segment means and extremes gathered since the last call (inside
+        as_default)."""
         from a3c_ray.core.tflib import tf
 
         for tag, (total, n) in self._tb_means.items():
             tf.summary.scalar(tag, total / n)
-        self._tb_means = {}
+        for tag, v in self._tb_extremes.items():
+            tf.summary.scalar(tag, v)
+        self._tb_means, self._tb_extremes = {}, {}
 
     def close(self) -> None:
         if self._tb is not None:

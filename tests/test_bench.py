@@ -57,3 +57,6 @@ def test_rollout_probe_times_both_loops_and_writes_json(tmp_path):
     p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "rollout", "--set",
                         "training.lr=-1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "a3c-bench rollout: config error" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "rollout", "--env",
+                        "CartPole-v1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "is not an Atari game" in p.stderr, p.stderr[-2000:]

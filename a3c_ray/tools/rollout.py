@@ -15,15 +15,18 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import statistics
 import sys
 import time
 
 import numpy as np
 
+from ..core.config import resolve_game
+
 
 def _rollout_child(cfg_dict: dict, mode: str, seconds: float, seed: int, out) -> None:
-    from ..core.config import load_config, resolve_game
+    from ..core.config import load_config
     from ..core.models import configure_tf_threads
 
     configure_tf_threads(1)
@@ -71,20 +74,38 @@ def measure_rollout(cfg, seconds: float, rounds: int, procs: int) -> dict:
     for r in range(rounds):
         for mode in ("serial", "double_buffered"):
             q = ctx.Queue()
-            children = [ctx.Process(target=_rollout_child, args=(cfg.to_dict(), mode, seconds,
-                                                           1000 * i + r, q))
-                  for i in range(procs)]
+            children = [ctx.Process(target=_rollout_child,
+                                    args=(cfg.to_dict(), mode, seconds, 1000 * i + r, q))
+                        for i in range(procs)]
             for p in children:
                 p.start()
-            rates = [q.get(timeout=seconds + 300) for _ in children]
-            for p in children:
-                p.join()
+            rates = _collect(q, children)
             res[mode].append(sum(rates))
             print(f"round {r + 1} {mode}: {sum(rates):,.0f} env steps/s "
                   f"({procs} processes)", flush=True)
     res["ratio_double_over_serial"] = (statistics.median(res["double_buffered"])
                                        / statistics.median(res["serial"]))
+    print(f"double-buffered / serial (medians): {res['ratio_double_over_serial']:.2f}",
+          flush=True)
     return res
+
+
+def _collect(q, children) -> list[float]:
+    """Each child's env steps/s; a child that dies (its traceback is on stderr) stops the
+    measurement at once instead of leaving the others' results waiting."""
+    rates: list[float] = []
+    while len(rates) < len(children):
+        try:
+            rates.append(q.get(timeout=1.0))
+        except queue.Empty:
+            failed = [p.exitcode for p in children if p.exitcode not in (None, 0)]
+            if failed:
+                for p in children:
+                    p.kill()
+                raise RuntimeError(f"a rollout process exited with status {failed[0]}")
+    for p in children:
+        p.join()
+    return rates
 
 
 def main(argv, load) -> int:
@@ -100,6 +121,10 @@ def main(argv, load) -> int:
     args = ap.parse_args(argv)
     cfg = load(args)
     if cfg is None:
+        return 2
+    if resolve_game(cfg.env.id)[0] != "atari":
+        print(f"a3c-bench rollout: --env {cfg.env.id} is not an Atari game; the acting loop "
+              "it times is ale-py's vector env (try --env pong)", file=sys.stderr)
         return 2
     res = measure_rollout(cfg, args.seconds, args.rounds, args.processes or os.cpu_count() or 1)
     if args.json:

@@ -387,10 +387,11 @@ class Trainer:
         self._drain()
         return reason
 
-    def _drain(self, timeout_s: float = 15.0) -> None:
+    def _drain(self) -> None:
         """Apply what is queued and wait for the step in flight: every segment the log
-        counts reaches the PS (and the final checkpoint) unless the PS fails."""
-        t_end = time.time() + timeout_s
+        counts reaches the PS (and the final checkpoint) unless the PS fails or takes
+        longer than workers.drain_timeout_s."""
+        t_end = time.time() + self.cfg.workers.drain_timeout_s
         while (self.queue or self.backend.stepping()) and time.time() < t_end:
             if self.queue and not self.backend.stepping():
                 self._dispatch()
@@ -719,9 +720,9 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         reason = f"error ({error})"
     # The loop has stopped stepping, so this status is the final one; a PS that does
-    # not answer it in 30 s (frozen, its node gone) gets no final save to wait for.
+    # not answer it in time (frozen, its node gone) gets no final save to wait for.
     try:
-        final = backend.status(timeout_s=30.0)
+        final = backend.status(timeout_s=cfg.workers.final_status_timeout_s)
     except Exception as e:  # noqa: BLE001 -- the PS is gone: the driver's own counts
         final, trainer.no_final_checkpoint = {}, trainer.no_final_checkpoint or (
             f"the parameter server does not answer ({type(e).__name__})")

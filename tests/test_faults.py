@@ -384,7 +384,9 @@ def test_sigterm_with_the_ps_frozen_stops_within_seconds(tmp_path):
     """One SIGTERM while the PS is frozen: the graceful stop finds it unresponsive, skips
     the save it could not make, and exits 1 with the reason, within a minute."""
     run = tmp_path / "run"
-    proc = start_driver(*FAST, "--time-limit", "4", "--run-dir", str(run))
+    proc = start_driver(*FAST, "--time-limit", "4", "--run-dir", str(run),
+                        "--set", "workers.drain_timeout_s=3",
+                        "--set", "workers.final_status_timeout_s=5")
     ps_pid = None
     try:
         ps_pid = wait_until(lambda: recs(run, "start"), 240, "start")[0]["ps_pid"]
@@ -396,7 +398,7 @@ def test_sigterm_with_the_ps_frozen_stops_within_seconds(tmp_path):
     finally:
         kill_all(proc, ps_pid)
     assert proc.returncode == 1, out[-3000:]
-    assert took < 60, took  # drain 15 s + status 30 s, not the 120 s save timeout
+    assert took < 30, took  # drain 3 s + status 5 s, not the 120 s save timeout
     stop_rec = recs(run, "stop")[-1]
     assert stop_rec["stop_reason"] == "SIGTERM" and stop_rec["checkpoint"] is None
     assert "the parameter server does not answer" in stop_rec["error"]

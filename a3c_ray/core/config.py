@@ -262,6 +262,14 @@ class WorkersConfig:
     start_timeout_s: Float = _f(300.0, "Seconds the PS and the workers have to start (a "
                                 "cluster scaling up may need minutes) before the run stops "
                                 "and says what they asked for.", min=1.0)
+    drain_timeout_s: Float = _f(15.0, "Once the loop stops, seconds the gradients still "
+                                "queued or in flight have to reach the PS before the final "
+                                "checkpoint; what arrives later is not in it.", min=0.0)
+    final_status_timeout_s: Float = _f(30.0, "Seconds the PS has to answer the final status "
+                                       "once the loop stops. A PS that does not (frozen, "
+                                       "its node gone) gets no final save: the run ends "
+                                       "with exit 1 and the reason, and --resume continues "
+                                       "from the last checkpoint.", min=1.0)
     max_restarts: Int = _f(-1, "Times Ray restarts a dead worker or PS actor (-1 = forever).",
                            min=-1)
     hung_segment_factor: Float = _f(20.0, "A segment running longer than this many median "

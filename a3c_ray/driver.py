@@ -31,7 +31,7 @@ from typing import Any, Optional
 from .core.aggregator import pacing_wait, step_ready
 from .core.config import (Config, ConfigError, field_docs, fill_legacy_defaults, load_config,
                           load_yaml, resolve_game, save_config)
-from .core import storage
+from .core import collapse, storage
 from .core.quiet import VERBOSE_ENV, stderr_captured, verbose
 from .transport.backend import Backend, StartError
 from .run_lock import RunLock, RunLockError
@@ -324,8 +324,13 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, backend: Backend, reporter, n_workers: int,
-                 ps_incarnation: str, saved: Optional[str] = None):
+                 ps_incarnation: str, saved: Optional[str] = None, n_actions: int = 0):
         self.cfg, self.backend, self.reporter = cfg, backend, reporter
+        # Below this the policy is collapsed (collapse.py); checkpoints record it.
+        self.collapse_entropy = collapse.threshold(cfg.checkpoint.collapse_entropy_fraction,
+                                                   n_actions)
+        self._entropy: dict[int, float] = {}  # worker -> its latest segment's entropy
+        self.saved_health: dict = {}  # the policy's health at the last checkpoint
         self.n_workers = n_workers
         self.ps_incarnation = ps_incarnation
         self.saved = saved  # the newest checkpoint this run is known to have
@@ -438,6 +443,7 @@ class Trainer:
         for stats in batch["stats"]:
             stats["aggregator"] = batch["aggregator"]
             self.reporter.segment(stats)
+            self._entropy[stats["worker"]] = stats["losses"].get("entropy")
             t = stats["time"]
             self._seg_s.append(t.get("total", 0.0))
         self.queue.append(batch)
@@ -552,15 +558,21 @@ class Trainer:
         print(f"a3c_ray: parameter server restarted from {st['restored_from']}",
               file=sys.stderr, flush=True)
 
+    def policy_health(self) -> dict:
+        """The mean entropy of every worker's latest segment and whether it is collapsed."""
+        return collapse.health(self._entropy.values(), self.collapse_entropy)
+
     def checkpoint(self, timeout_s: float = 600.0) -> Optional[str]:
+        health = self.policy_health()
         try:
-            path = self.backend.checkpoint({}, timeout_s=timeout_s)
+            path = self.backend.checkpoint(health, timeout_s=timeout_s)
         except Exception as e:  # e.g. the PS died just now: it restarts, we save next time
             self.checkpoint_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.reporter.event("checkpoint_failed", error=self.checkpoint_error)
             return None
-        self.saved = str(path)
-        self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps)
+        self.saved, self.saved_health = str(path), health
+        self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps,
+                            **health)
         return path
 
 
@@ -680,7 +692,7 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
               f"| run dir {run_dir}", file=reporter.stream, flush=True)
     trainer = Trainer(cfg, backend, reporter, n, start["incarnation"],
-                      saved=start["restored_from"])
+                      saved=start["restored_from"], n_actions=n_actions)
     signals.attach(trainer.request_stop)
     try:
         return _finish(cfg, trainer, run_dir)
@@ -733,9 +745,13 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
         path = trainer.checkpoint(timeout_s=120.0)
     if path is None and error is None:
         error = f"the final checkpoint failed ({trainer.checkpoint_error})"
+    ckpt_dir = storage.checkpoint_dir(cfg.checkpoint.storage, run_dir)
+    collapsed = _collapse_note(trainer, ckpt_dir) if path else {}
     # The PS's counters are authoritative (they are what the checkpoint holds).
     summary = {**reporter.status(), "run_dir": str(run_dir), "stop_reason": reason,
                "checkpoint": str(path) if path else None, "error": error,
+               "checkpoint_health": trainer.saved_health if path else None,
+               **{k: v for k, v in collapsed.items() if k != "note"},
                **{k: final[k] for k in ("version", "env_steps", "episodes", "updates",
                                         "gradients", "rejected_nonfinite", "rejected_stale",
                                         "published") if k in final}}
@@ -746,11 +762,32 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
         error = error or f"the run log cannot be written ({e})"
     if cfg.logging.console != "quiet":
         print(f"a3c_ray: stopped ({reason}); checkpoint {path}", file=reporter.stream)
+        if collapsed:
+            print(f"a3c_ray: {collapsed['note']}", file=reporter.stream)
     if error:
-        raise RunFailed(f"{error}; the last checkpoint in "
-                        f"{storage.checkpoint_dir(cfg.checkpoint.storage, run_dir)} is what "
-                        "--resume continues from")
+        raise RunFailed(f"{error}; the last checkpoint in {ckpt_dir} is what --resume "
+                        "continues from")
     return summary
+
+
+def _collapse_note(trainer: "Trainer", ckpt_dir: str) -> dict:
+    """{} unless the final checkpoint was saved during a policy collapse; then which
+    checkpoint evaluation plays instead ('playable_checkpoint') and the stop's 'note'."""
+    h = trainer.saved_health
+    if not h.get("collapsed"):
+        return {}
+    try:
+        chosen, _ = collapse.playable(ckpt_dir)
+    except Exception as e:  # noqa: BLE001 -- advisory: the stop itself is done
+        chosen, why = None, f"which checkpoint to play cannot be read ({type(e).__name__})"
+    else:
+        why = ("a3c-evaluate RUN_DIR plays " + Path(chosen).name + ", the newest "
+               "checkpoint saved outside one" if chosen and Path(chosen).name != Path(trainer.saved).name else
+               "no checkpoint saved outside one is kept")
+    return {"playable_checkpoint": chosen,
+            "note": f"the final checkpoint was saved during a policy collapse (policy "
+                    f"entropy {h['policy_entropy']} nats, below {trainer.collapse_entropy:.3f})"
+                    f": --resume continues from it; {why}"}
 
 
 def _check_resume(cfg: Config, ckpt_dir: str, obs_shape: tuple, n_actions: int) -> None:

@@ -16,6 +16,8 @@ Checkpoints use ``tf.train.Checkpoint`` (no pickle): weights, optimizer slots,
 counters, and the identity of the game and network so a mismatched resume fails
 clearly. TF's CheckpointManager writes the data files first and then atomically
 replaces the ``checkpoint`` index, so a kill mid-write never corrupts "latest".
+``latest.json`` beside them holds the counters and, for every checkpoint kept, the
+policy entropy the driver saw when it was saved (``collapse.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import storage
+from . import collapse, storage
 from .config import Config
 from .errors import CheckpointError  # noqa: F401  (re-exported for callers)
 from .models import ActorCritic, configure_tf_threads
@@ -256,8 +258,12 @@ class ParameterServer:
         for k, v in self._tf_counters.items():
             v.assign(self.counters[k])
         path = self._manager.save(checkpoint_number=self.counters["updates"])
+        extra = extra or {}
+        entry = {"path": Path(path).name, "env_steps": self.counters["env_steps"], **extra}
+        kept = collapse.kept_after_save(collapse.read_records(self.checkpoint_dir), entry,
+                                        (Path(p).name for p in self._manager.checkpoints))
         meta = {"path": Path(path).name, "counters": dict(self.counters),
-                "time": time.time(), **(extra or {})}
+                "time": time.time(), **extra, "checkpoints": kept}
         storage.write_text(storage.join(self.checkpoint_dir, "latest.json"), json.dumps(meta))
         return path
 

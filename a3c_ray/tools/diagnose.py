@@ -62,7 +62,7 @@ def diagnose(target: str, steps: int = 100, num_envs: int = 8, seed: int = 0) ->
 
     from .evaluate import load_policy, locate
 
-    run_dir, prefix = locate(target)
+    run_dir, prefix, _ = locate(target)
     cfg = load_run_config(run_dir)
     if not cfg.is_atari:
         raise ConfigError(f"diagnose reads convolutional torsos; {cfg.env.id} has an MLP")

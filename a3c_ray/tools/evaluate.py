@@ -19,23 +19,25 @@ import numpy as np
 from ..core.config import Config, ConfigError, load_run_config
 
 
-def locate(target: str) -> tuple[Path, str]:
-    """RUN_DIR or checkpoint prefix -> (run_dir, checkpoint prefix)."""
-    from a3c_ray.core.tflib import tf
+def locate(target: str) -> tuple[Path, str, Optional[str]]:
+    """RUN_DIR or checkpoint prefix -> (run_dir, checkpoint prefix, note).
 
+    A run directory plays its newest checkpoint, or, if that one was saved during a
+    policy collapse, the newest one saved outside a collapse; the note then says so."""
+    from ..core import collapse
     from ..core.errors import CheckpointError
     from ..core.storage import checkpoint_dir
 
     p = Path(target)
     if p.is_dir() and (p / "config.yaml").is_file():  # its checkpoints: where it saved them
         ckpt_dir = checkpoint_dir(load_run_config(p).checkpoint.storage, p)
-        prefix = tf.train.latest_checkpoint(ckpt_dir)
+        prefix, note = collapse.playable(ckpt_dir)
         if not prefix:
             raise CheckpointError(f"{p} has no checkpoint yet; train longer or pass another "
                                   "run directory")
-        return p, prefix
+        return p, prefix, note
     if Path(str(p) + ".index").is_file():
-        return p.parent.parent, str(p)
+        return p.parent.parent, str(p), None
     raise CheckpointError(f"{target}: not a run directory or a checkpoint prefix (such as "
                           "RUN_DIR/checkpoints/ckpt-100); check the path")
 
@@ -85,7 +87,7 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     from ..core.envs import EnvBatch, play_episodes
     from ..core.models import compile_policy
 
-    run_dir, prefix = locate(target)
+    run_dir, prefix, note = locate(target)
     cfg = load_run_config(run_dir)
     n = max(1, min(num_envs, episodes))
     envs = EnvBatch(cfg, n, seed)
@@ -118,7 +120,8 @@ def evaluate(target: str, episodes: int = 10, policy: str = "greedy", seed: int 
     cap_steps = e.max_episode_frames // e.frame_skip if cfg.is_atari else None
     policy_text = describe_policy(policy, epsilon)
     return {
-        "checkpoint": prefix, "game": cfg.env.id, "episodes": len(s), "policy": policy,
+        "checkpoint": prefix, "checkpoint_note": note, "game": cfg.env.id,
+        "episodes": len(s), "policy": policy,
         "epsilon": epsilon,
         "score_mean": float(s.mean()), "score_median": float(np.median(s)),
         "score_min": float(s.min()), "score_max": float(s.max()), "score_std": float(s.std()),
@@ -147,7 +150,7 @@ def record_videos(target: str, out_dir: str, episodes: int = 1, policy: str = "g
     from ..core.envs import EnvBatch
     from ..core.models import compile_policy
 
-    run_dir, prefix = locate(target)
+    run_dir, prefix, _ = locate(target)
     cfg = load_run_config(run_dir)
     if not cfg.is_atari:
         raise ConfigError(f"--video: only Atari games are recorded, not {cfg.env.id}")
@@ -224,6 +227,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     print(f"{res['game']}: {res['episodes']} episodes, "
           f"{describe_policy(res['policy'], res['epsilon'])}")
+    print(f"  checkpoint {res['checkpoint']}")
+    if res["checkpoint_note"]:
+        print(f"  note: {res['checkpoint_note']}")
     print(f"  score  mean {res['score_mean']:.1f}  median {res['score_median']:.1f}  "
           f"min {res['score_min']:.1f}  max {res['score_max']:.1f}  std {res['score_std']:.1f}")
     capped = f"  ({res['capped']} cut at the frame cap)" if res["capped"] else ""

@@ -1,0 +1,163 @@
+"""Checkpoints saved during a policy collapse: the rule, the records, the choice."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from a3c_ray.core import collapse
+from a3c_ray.core.config import ConfigError, load_config, save_config
+from a3c_ray.core.parameter_server import ParameterServer
+from a3c_ray.tools.evaluate import evaluate
+
+
+@pytest.mark.unit
+def test_threshold_is_a_share_of_the_maximum_entropy():
+    assert collapse.threshold(0.1, 6) == pytest.approx(0.1 * math.log(6))  # Pong: 0.179
+    assert collapse.threshold(0.0, 6) == 0.0
+    assert collapse.threshold(0.5, 1) == 0.0  # one action: no entropy to lose
+
+
+@pytest.mark.unit
+def test_health_is_the_mean_entropy_against_the_threshold():
+    assert collapse.health([1.7, 1.6], 0.18) == {"policy_entropy": 1.65, "collapsed": False}
+    assert collapse.health([0.001, 0.011], 0.18) == {"policy_entropy": 0.006,
+                                                     "collapsed": True}
+    # one worker still healthy: the mean decides (0.875 > 0.18)
+    assert not collapse.health([1.74, 0.01], 0.18)["collapsed"]
+    assert collapse.health([0.01], 0.0)["collapsed"] is False  # the check off
+    assert collapse.health([], 0.18) == {"policy_entropy": None, "collapsed": False}
+    assert collapse.health([float("nan"), None, 0.05], 0.18) == {"policy_entropy": 0.05,
+                                                                 "collapsed": True}
+
+
+@pytest.mark.unit
+def test_records_follow_the_kept_checkpoints():
+    prev = [{"path": "ckpt-1", "collapsed": False}, {"path": "ckpt-2", "collapsed": True},
+            {"path": "ckpt-3", "collapsed": False}]
+    new = {"path": "ckpt-4", "collapsed": False}
+    assert collapse.kept_after_save(prev, new, ["ckpt-2", "ckpt-3", "ckpt-4"]) == \
+        prev[1:] + [new]
+    # the same name saved again (a resumed run at the same step) replaces its record
+    again = {"path": "ckpt-3", "collapsed": True}
+    assert collapse.kept_after_save(prev, again, ["ckpt-2", "ckpt-3"]) == [prev[1], again]
+
+
+@pytest.mark.unit
+def test_choose_plays_the_newest_checkpoint_saved_outside_a_collapse():
+    ckpts = ["d/ckpt-10", "d/ckpt-20", "d/ckpt-30"]
+    ok = lambda n: {"path": n, "policy_entropy": 1.6, "collapsed": False}  # noqa: E731
+    bad = lambda n: {"path": n, "policy_entropy": 0.004, "collapsed": True}  # noqa: E731
+    assert collapse.choose(ckpts, [ok("ckpt-10"), ok("ckpt-20"), ok("ckpt-30")]) == \
+        ("d/ckpt-30", None)
+    assert collapse.choose(ckpts, []) == ("d/ckpt-30", None)  # no records: the newest
+    chosen, note = collapse.choose(ckpts, [ok("ckpt-10"), bad("ckpt-20"), bad("ckpt-30")])
+    assert chosen == "d/ckpt-10"
+    assert note == ("ckpt-30 was saved during a policy collapse (policy entropy 0.004 nats); "
+                    "playing ckpt-10, the newest checkpoint saved outside one (pass "
+                    "d/ckpt-30 to play it anyway)")
+    # ckpt-10 has no record (saved before records existed): it counts as healthy
+    assert collapse.choose(ckpts, [bad("ckpt-30")])[0] == "d/ckpt-20"
+    chosen, note = collapse.choose(ckpts, [bad(f"ckpt-{n}") for n in (10, 20, 30)])
+    assert chosen == "d/ckpt-30" and "no checkpoint saved outside one is kept" in note
+    assert collapse.choose([], []) == (None, None)
+
+
+@pytest.mark.unit
+def test_the_parameter_server_records_each_kept_checkpoints_health(tmp_path):
+    """Real checkpoints (keep 3) saved healthy, collapsed, collapsed: latest.json holds
+    each one's health, and the run plays the healthy one only while it is kept."""
+    cfg = load_config(None, {"env.id": "CartPole-v1", "checkpoint.keep": 3})
+    save_config(cfg, tmp_path / "config.yaml")  # tmp_path is the run directory
+    ps = ParameterServer(cfg, (4,), 2, str(tmp_path / "checkpoints"))
+    meta = {"samples": 1, "gradients": 1, "env_steps": 10, "episodes": 0, "version": 0,
+            "incarnation": ps.incarnation}
+    healths = [{"policy_entropy": 0.62, "collapsed": False},
+               {"policy_entropy": 0.01, "collapsed": True},
+               {"policy_entropy": 0.02, "collapsed": True}]
+    paths = []
+    for h in healths:
+        ps.apply([np.full(ps.num_params, 0.1, np.float32)],
+                 [{**meta, "version": ps.counters["version"]}])
+        paths.append(ps.save_checkpoint(h))
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert latest["collapsed"] is True and latest["policy_entropy"] == 0.02
+    assert [r["path"] for r in latest["checkpoints"]] == ["ckpt-1", "ckpt-2", "ckpt-3"]
+    assert [r["collapsed"] for r in latest["checkpoints"]] == [False, True, True]
+    assert [r["env_steps"] for r in latest["checkpoints"]] == [10, 20, 30]
+    chosen, note = collapse.playable(str(tmp_path / "checkpoints"))
+    assert chosen == paths[0] and note.startswith("ckpt-3 was saved during a policy collapse")
+    res = evaluate(str(tmp_path), episodes=2, num_envs=2)  # the run directory
+    assert res["checkpoint"] == paths[0] and res["checkpoint_note"] == note
+    assert evaluate(paths[2], episodes=1, num_envs=1)["checkpoint_note"] is None
+    # one more collapsed save pushes ckpt-1 out (keep 3): nothing healthy is kept
+    ps.apply([np.full(ps.num_params, 0.1, np.float32)],
+             [{**meta, "version": ps.counters["version"]}])
+    last = ps.save_checkpoint(healths[2])
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert [r["path"] for r in latest["checkpoints"]] == ["ckpt-2", "ckpt-3", "ckpt-4"]
+    chosen, note = collapse.playable(str(tmp_path / "checkpoints"))
+    assert chosen == last and "no checkpoint saved outside one is kept" in note
+
+
+@pytest.mark.unit
+def test_the_fraction_is_validated():
+    with pytest.raises(ConfigError, match="collapse_entropy_fraction"):
+        load_config(None, {"checkpoint.collapse_entropy_fraction": 1.5})
+
+
+@pytest.mark.integration
+def test_a_run_whose_final_checkpoint_is_collapsed_says_so(tmp_path):
+    """The real loop (serial backend). With the fraction at 1 every policy short of exactly
+    uniform counts as collapsed (CartPole: entropy below ln 2; the untrained policy's is ln 2
+    to float32 precision, so the first saves may pass), so the kept checkpoints are marked:
+    the checkpoint records, the stop record and the stop line say it, and evaluating the
+    run plays the newest checkpoint, saying that none healthy is kept."""
+    import io
+
+    from a3c_ray.driver import train
+    from a3c_ray.telemetry.runlog import read_log
+
+    run = tmp_path / "run"
+    cfg = load_config(None, {
+        "env.id": "CartPole-v1", "workers.mode": "serial", "workers.num_workers": 2,
+        "training.envs_per_worker": 4, "training.total_env_steps": 3000,
+        "checkpoint.interval_minutes": 0.001, "checkpoint.collapse_entropy_fraction": 1.0,
+        "checkpoint.keep": 3, "logging.run_dir": str(run), "logging.tensorboard": False})
+    out = io.StringIO()
+    summary = train(cfg, stream=out)
+    recs = read_log(run / "log.jsonl")
+    saves = [r for r in recs if r["type"] == "checkpoint"]
+    assert len(saves) >= 6
+    assert all(r["collapsed"] and r["policy_entropy"] <= round(math.log(2), 5)
+               for r in saves[-3:])  # the record rounds to 5 decimals
+    stop = [r for r in recs if r["type"] == "stop"][-1]
+    assert stop["checkpoint_health"]["collapsed"] is True
+    assert stop["playable_checkpoint"] == summary["checkpoint"] == stop["checkpoint"]
+    assert ("the final checkpoint was saved during a policy collapse (policy entropy "
+            in out.getvalue())
+    assert "--resume continues from it; no checkpoint saved outside one is kept" in \
+        out.getvalue()
+    res = evaluate(str(run), episodes=1, num_envs=1)
+    assert res["checkpoint"] == summary["checkpoint"]
+    assert "no checkpoint saved outside one is kept" in res["checkpoint_note"]
+
+
+@pytest.mark.integration
+def test_a_healthy_run_marks_nothing(tmp_path):
+    """The default fraction (0.1 of ln 2 on CartPole) marks no checkpoint of a fresh policy."""
+    from a3c_ray.driver import train
+    from a3c_ray.telemetry.runlog import read_log
+
+    run = tmp_path / "run"
+    cfg = load_config(None, {
+        "env.id": "CartPole-v1", "workers.mode": "serial", "workers.num_workers": 2,
+        "training.envs_per_worker": 4, "training.total_env_steps": 2000,
+        "logging.run_dir": str(run), "logging.console": "quiet",
+        "logging.tensorboard": False})
+    summary = train(cfg)
+    stop = [r for r in read_log(run / "log.jsonl") if r["type"] == "stop"][-1]
+    assert stop["checkpoint_health"]["collapsed"] is False
+    assert stop["checkpoint_health"]["policy_entropy"] > 0.6  # nearly uniform: ln 2 = 0.693
+    assert "playable_checkpoint" not in stop
+    assert evaluate(str(run), episodes=1, num_envs=1)["checkpoint"] == summary["checkpoint"]

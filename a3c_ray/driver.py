@@ -324,12 +324,11 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, backend: Backend, reporter, n_workers: int,
-                 ps_incarnation: str, saved: Optional[str] = None, n_actions: int = 0):
+                 ps_incarnation: str, saved: Optional[str] = None):
         self.cfg, self.backend, self.reporter = cfg, backend, reporter
-        # Below this the policy is collapsed (collapse.py); checkpoints record it.
-        self.collapse_entropy = collapse.threshold(cfg.checkpoint.collapse_entropy_fraction,
-                                                   n_actions)
-        self._entropy: dict[int, float] = {}  # worker -> its latest segment's entropy
+        # Policy entropy, for the collapse check each checkpoint records (collapse.py).
+        self._entropy: dict[int, float] = {}  # worker -> its latest segment's
+        self._entropies: collections.deque = collections.deque(maxlen=collapse.WINDOW)
         self.saved_health: dict = {}  # the policy's health at the last checkpoint
         self.n_workers = n_workers
         self.ps_incarnation = ps_incarnation
@@ -444,6 +443,7 @@ class Trainer:
             stats["aggregator"] = batch["aggregator"]
             self.reporter.segment(stats)
             self._entropy[stats["worker"]] = stats["losses"].get("entropy")
+            self._entropies.append(stats["losses"].get("entropy"))
             t = stats["time"]
             self._seg_s.append(t.get("total", 0.0))
         self.queue.append(batch)
@@ -559,8 +559,10 @@ class Trainer:
               file=sys.stderr, flush=True)
 
     def policy_health(self) -> dict:
-        """The mean entropy of every worker's latest segment and whether it is collapsed."""
-        return collapse.health(self._entropy.values(), self.collapse_entropy)
+        """The mean entropy of every worker's latest segment, the run's usual entropy, and
+        whether the first is collapsed against the second."""
+        return collapse.health(self._entropy.values(), self._entropies,
+                               self.cfg.checkpoint.collapse_entropy_ratio)
 
     def checkpoint(self, timeout_s: float = 600.0) -> Optional[str]:
         health = self.policy_health()
@@ -692,7 +694,7 @@ def _run(cfg: Config, resume: bool, stream, signals: StopSignals, run_dir: Path,
               f"{'resumed at ' + str(start['env_steps']) + ' steps' if resume else 'new run'} "
               f"| run dir {run_dir}", file=reporter.stream, flush=True)
     trainer = Trainer(cfg, backend, reporter, n, start["incarnation"],
-                      saved=start["restored_from"], n_actions=n_actions)
+                      saved=start["restored_from"])
     signals.attach(trainer.request_stop)
     try:
         return _finish(cfg, trainer, run_dir)
@@ -786,8 +788,8 @@ def _collapse_note(trainer: "Trainer", ckpt_dir: str) -> dict:
                "no checkpoint saved outside one is kept")
     return {"playable_checkpoint": chosen,
             "note": f"the final checkpoint was saved during a policy collapse (policy "
-                    f"entropy {h['policy_entropy']} nats, below {trainer.collapse_entropy:.3f})"
-                    f": --resume continues from it; {why}"}
+                    f"entropy {h['policy_entropy']} nats, the run's usual "
+                    f"{h['usual_entropy']}): --resume continues from it; {why}"}
 
 
 def _check_resume(cfg: Config, ckpt_dir: str, obs_shape: tuple, n_actions: int) -> None:

@@ -4,33 +4,54 @@ Now and then one optimizer step drives the policy's entropy from its usual level
 1.65 nats of Pong's 1.79) to almost 0, for one to a few weight versions, before the
 policy recovers (docs/results.md). A checkpoint saved in such a moment resumes the run
 correctly (the run recovers from it as it would have), but its policy plays badly. So
-every checkpoint records the policy entropy of the workers' latest segments and whether
-that is a collapse, and evaluation of a run plays the newest checkpoint saved outside one.
+every checkpoint records the policy entropy of the workers' latest segments against the
+run's usual level and whether that is a collapse, and evaluation of a run plays the
+newest checkpoint saved outside one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import PurePosixPath
 from typing import Iterable, Optional
 
 from . import storage
 
 
-def threshold(fraction: float, n_actions: int) -> float:
-    """The entropy (nats) below which the policy counts as collapsed: ``fraction`` of the
-    maximum, ln(n_actions); 0 when the check is off (fraction 0 or a single action)."""
-    return fraction * math.log(n_actions) if n_actions > 1 else 0.0
+#: Segments behind "the run's usual entropy": about two minutes of a 2-worker Pong run.
+WINDOW = 2000
 
 
-def health(entropies: Iterable[float], limit: float) -> dict:
-    """{'policy_entropy': the mean of the given segment entropies (None without any),
-    'collapsed': whether it is below ``limit`` (never when limit is 0)}."""
-    values = [float(e) for e in entropies if e is not None and math.isfinite(e)]
-    mean = sum(values) / len(values) if values else None
+def health(latest: Iterable[Optional[float]], recent: Iterable[Optional[float]],
+           ratio: float) -> dict:
+    """Is the policy collapsed? ``latest``: each worker's newest segment entropy;
+    ``recent``: the run's last segment entropies (``WINDOW``).
+
+    {'policy_entropy': the mean of ``latest``, 'usual_entropy': the median of ``recent``,
+    'collapsed': the first below ``ratio`` times the second (never when ratio is 0)}.
+    Relative to the run's own level, because a policy that has learned its task (CartPole)
+    may keep little entropy, while a collapse falls ~100x within one step."""
+    mean, usual = _mean(latest), _median(recent)
     return {"policy_entropy": None if mean is None else round(mean, 5),
-            "collapsed": bool(mean is not None and limit > 0 and mean < limit)}
+            "usual_entropy": None if usual is None else round(usual, 5),
+            "collapsed": bool(mean is not None and usual is not None and ratio > 0
+                              and mean < ratio * usual)}
+
+
+def _finite(xs: Iterable[Optional[float]]) -> list[float]:
+    return [float(x) for x in xs if x is not None and math.isfinite(x)]
+
+
+def _mean(xs: Iterable[Optional[float]]) -> Optional[float]:
+    v = _finite(xs)
+    return sum(v) / len(v) if v else None
+
+
+def _median(xs: Iterable[Optional[float]]) -> Optional[float]:
+    v = _finite(xs)
+    return statistics.median(v) if v else None
 
 
 def kept_after_save(previous: list[dict], entry: dict, kept_names: Iterable[str]) -> list[dict]:

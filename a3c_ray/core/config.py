@@ -296,12 +296,12 @@ class CheckpointConfig:
     interval_minutes: Float = _f(10.0, "Write a checkpoint this often (and always at the end).",
                                  min=0.0)
     keep: Int = _f(3, "Number of most recent checkpoints kept.", min=1, max=1000)
-    collapse_entropy_fraction: Float = _f(
+    collapse_entropy_ratio: Float = _f(
         0.1, "A checkpoint counts as saved during a policy collapse when the mean policy "
-        "entropy of the workers' latest segments is below this fraction of the maximum, "
-        "ln(number of actions) (Pong: 0.18 of 1.79 nats; a trained policy keeps about "
-        "1.65). Such a checkpoint still resumes the run; a3c-evaluate RUN_DIR plays the "
-        "newest checkpoint saved outside a collapse. 0 turns the check off.", min=0.0, max=1.0)
+        "entropy of the workers' latest segments is below this ratio times the median of "
+        "the run's last 2,000 segments (a collapse falls from ~1.65 to ~0.001-0.08 nats on "
+        "Pong). Such a checkpoint still resumes the run; a3c-evaluate RUN_DIR plays the "
+        "newest checkpoint saved outside a collapse. 0 turns the check off.", min=0.0, max=10.0)
     storage: Str = _f("", "Where checkpoints go: empty for RUN_DIR/checkpoints; else a "
                       "directory (the run's checkpoints go in STORAGE/<run name>) or a gs:// "
                       "URI. On a cluster use storage every node reaches (a shared file "

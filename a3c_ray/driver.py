@@ -326,9 +326,8 @@ class Trainer:
     def __init__(self, cfg: Config, backend: Backend, reporter, n_workers: int,
                  ps_incarnation: str, saved: Optional[str] = None):
         self.cfg, self.backend, self.reporter = cfg, backend, reporter
-        # Policy entropy, for the collapse check each checkpoint records (collapse.py).
-        self._entropy: dict[int, float] = {}  # worker -> its latest segment's
-        self._entropies: collections.deque = collections.deque(maxlen=collapse.WINDOW)
+        self.ckpt_dir = storage.checkpoint_dir(cfg.checkpoint.storage,
+                                               Path(cfg.logging.run_dir or "."))
         self.saved_health: dict = {}  # the policy's health at the last checkpoint
         self.n_workers = n_workers
         self.ps_incarnation = ps_incarnation
@@ -442,8 +441,6 @@ class Trainer:
         for stats in batch["stats"]:
             stats["aggregator"] = batch["aggregator"]
             self.reporter.segment(stats)
-            self._entropy[stats["worker"]] = stats["losses"].get("entropy")
-            self._entropies.append(stats["losses"].get("entropy"))
             t = stats["time"]
             self._seg_s.append(t.get("total", 0.0))
         self.queue.append(batch)
@@ -558,23 +555,16 @@ class Trainer:
         print(f"a3c_ray: parameter server restarted from {st['restored_from']}",
               file=sys.stderr, flush=True)
 
-    def policy_health(self) -> dict:
-        """The mean entropy of every worker's latest segment, the run's usual entropy, and
-        whether the first is collapsed against the second."""
-        return collapse.health(self._entropy.values(), self._entropies,
-                               self.cfg.checkpoint.collapse_entropy_ratio)
-
     def checkpoint(self, timeout_s: float = 600.0) -> Optional[str]:
-        health = self.policy_health()
         try:
-            path = self.backend.checkpoint(health, timeout_s=timeout_s)
+            path = self.backend.checkpoint({}, timeout_s=timeout_s)
         except Exception as e:  # e.g. the PS died just now: it restarts, we save next time
             self.checkpoint_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.reporter.event("checkpoint_failed", error=self.checkpoint_error)
             return None
-        self.saved, self.saved_health = str(path), health
+        self.saved, self.saved_health = str(path), collapse.record(self.ckpt_dir, path)
         self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps,
-                            **health)
+                            **self.saved_health)
         return path
 
 

@@ -11,21 +11,30 @@ from a3c_ray.tools.evaluate import evaluate
 
 
 @pytest.mark.unit
-def test_health_is_the_latest_mean_against_the_runs_usual_entropy():
-    usual = [1.6, 1.7, 1.65, 0.01, 1.62]  # median 1.62: one collapsed segment does not move it
-    assert collapse.health([1.7, 1.6], usual, 0.1) == {
+def test_entropy_of_logits():
+    """Golden: uniform logits give ln A; one dominant logit gives ~0; rows are separate."""
+    h = collapse.entropy(np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [100.0, 0, 0, 0, 0, 0],
+                                   [np.log(3.0), 0.0, 0, 0, 0, 0]]))
+    assert h[0] == pytest.approx(np.log(6)) and h[1] == pytest.approx(0.0, abs=1e-40)
+    p = np.array([3, 1, 1, 1, 1, 1]) / 8.0  # softmax of [ln 3, 0, ...]
+    assert h[2] == pytest.approx(-(p * np.log(p)).sum())
+    assert np.isfinite(collapse.entropy(np.array([[1e4, -1e4]]))).all()  # no overflow
+
+
+@pytest.mark.unit
+def test_health_is_the_entropy_now_against_the_runs_usual_level():
+    usual = [1.6, 1.7, 1.65, 0.01, 1.62]  # median 1.62: one collapsed measurement does not move it
+    assert collapse.health(1.65, usual, 0.1) == {
         "policy_entropy": 1.65, "usual_entropy": 1.62, "collapsed": False}
-    assert collapse.health([0.001, 0.011], usual, 0.1) == {
+    assert collapse.health(0.006, usual, 0.1) == {
         "policy_entropy": 0.006, "usual_entropy": 1.62, "collapsed": True}
-    # one worker still healthy: the mean decides (0.875 > 0.162)
-    assert not collapse.health([1.74, 0.01], usual, 0.1)["collapsed"]
     # a policy that has learned its task keeps little entropy: low, but its usual level
-    assert not collapse.health([0.05, 0.06], [0.05, 0.07, 0.06], 0.1)["collapsed"]
-    assert collapse.health([0.001], usual, 0.0)["collapsed"] is False  # the check off
-    assert collapse.health([], usual, 0.1) == {"policy_entropy": None,
-                                               "usual_entropy": 1.62, "collapsed": False}
-    assert collapse.health([float("nan"), None, 0.05], [None, 1.0], 0.1) == {
-        "policy_entropy": 0.05, "usual_entropy": 1.0, "collapsed": True}
+    assert not collapse.health(0.05, [0.05, 0.07, 0.06], 0.1)["collapsed"]
+    assert collapse.health(0.001, usual, 0.0)["collapsed"] is False  # the check off
+    assert collapse.health(None, usual, 0.1) == {"policy_entropy": None,
+                                                 "usual_entropy": 1.62, "collapsed": False}
+    assert collapse.health(0.05, [], 0.1)["collapsed"] is False  # no level yet
+    assert collapse.health(0.05, [float("nan"), 1.0], 0.1)["collapsed"] is True
 
 
 @pytest.mark.unit
@@ -60,41 +69,53 @@ def test_choose_plays_the_newest_checkpoint_saved_outside_a_collapse():
     assert collapse.choose([], []) == (None, None)
 
 
+def _step(ps):
+    ps.apply([np.full(ps.num_params, 0.1, np.float32)],
+             [{"samples": 1, "gradients": 1, "env_steps": 10, "episodes": 0,
+               "version": ps.counters["version"], "incarnation": ps.incarnation}])
+
+
 @pytest.mark.unit
-def test_the_parameter_server_records_each_kept_checkpoints_health(tmp_path):
-    """Real checkpoints (keep 3) saved healthy, collapsed, collapsed: latest.json holds
-    each one's health, and the run plays the healthy one only while it is kept."""
+def test_the_parameter_server_measures_the_weights_it_saves(tmp_path):
+    """Real weights: a policy head scaled 1,000,000x (a near-deterministic policy, as in a
+    collapse) is saved as collapsed; latest.json keeps each kept checkpoint's health, and
+    the run plays the newest healthy one only while it is kept (keep 3)."""
     cfg = load_config(None, {"env.id": "CartPole-v1", "checkpoint.keep": 3})
     save_config(cfg, tmp_path / "config.yaml")  # tmp_path is the run directory
     ps = ParameterServer(cfg, (4,), 2, str(tmp_path / "checkpoints"))
-    meta = {"samples": 1, "gradients": 1, "env_steps": 10, "episodes": 0, "version": 0,
-            "incarnation": ps.incarnation}
-    healths = [{"policy_entropy": 0.62, "collapsed": False},
-               {"policy_entropy": 0.01, "collapsed": True},
-               {"policy_entropy": 0.02, "collapsed": True}]
-    paths = []
-    for h in healths:
-        ps.apply([np.full(ps.num_params, 0.1, np.float32)],
-                 [{**meta, "version": ps.counters["version"]}])
-        paths.append(ps.save_checkpoint(h))
+    head = next(v for v in ps.net.variables if tuple(v.shape) == (64, 2))  # the logits'
+    healthy = head.numpy()
+    _step(ps)
+    paths = [ps.save_checkpoint()]
+    h0 = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert h0["collapsed"] is False and h0["policy_entropy"] > 0.6 < h0["usual_entropy"]
+    head.assign(healthy * 1e6)
+    for _ in range(2):
+        _step(ps)
+        paths.append(ps.save_checkpoint())
     latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
-    assert latest["collapsed"] is True and latest["policy_entropy"] == 0.02
+    assert latest["collapsed"] is True and latest["policy_entropy"] < 0.01
     assert [r["path"] for r in latest["checkpoints"]] == ["ckpt-1", "ckpt-2", "ckpt-3"]
     assert [r["collapsed"] for r in latest["checkpoints"]] == [False, True, True]
-    assert [r["env_steps"] for r in latest["checkpoints"]] == [10, 20, 30]
+    assert [r["version"] for r in latest["checkpoints"]] == [1, 2, 3]
     chosen, note = collapse.playable(str(tmp_path / "checkpoints"))
     assert chosen == paths[0] and note.startswith("ckpt-3 was saved during a policy collapse")
     res = evaluate(str(tmp_path), episodes=2, num_envs=2)  # the run directory
     assert res["checkpoint"] == paths[0] and res["checkpoint_note"] == note
     assert evaluate(paths[2], episodes=1, num_envs=1)["checkpoint_note"] is None
     # one more collapsed save pushes ckpt-1 out (keep 3): nothing healthy is kept
-    ps.apply([np.full(ps.num_params, 0.1, np.float32)],
-             [{**meta, "version": ps.counters["version"]}])
-    last = ps.save_checkpoint(healths[2])
+    _step(ps)
+    last = ps.save_checkpoint()
     latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
     assert [r["path"] for r in latest["checkpoints"]] == ["ckpt-2", "ckpt-3", "ckpt-4"]
     chosen, note = collapse.playable(str(tmp_path / "checkpoints"))
     assert chosen == last and "no checkpoint saved outside one is kept" in note
+    # recovered weights are healthy again: the usual level is the run's, not the collapse's
+    head.assign(healthy)
+    _step(ps)
+    ps.save_checkpoint()
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())[
+        "collapsed"] is False
 
 
 @pytest.mark.unit
@@ -106,8 +127,8 @@ def test_the_fraction_is_validated():
 @pytest.mark.integration
 def test_a_run_whose_final_checkpoint_is_collapsed_says_so(tmp_path):
     """The real loop (serial backend). With the ratio at 2 every checkpoint counts as saved
-    during a collapse (the latest entropy is below twice the usual one), so the kept
-    checkpoints are marked: the checkpoint records, the stop record and the stop line say
+    during a collapse (the entropy is below twice the usual one), so the checkpoints are
+    marked: the checkpoint records, the stop record and the stop line say
     it, and evaluating the run plays the newest checkpoint, saying that none healthy is
     kept."""
     import io
@@ -127,7 +148,7 @@ def test_a_run_whose_final_checkpoint_is_collapsed_says_so(tmp_path):
     saves = [r for r in recs if r["type"] == "checkpoint"]
     assert len(saves) >= 3
     assert all(r["collapsed"] and r["policy_entropy"] < 2 * r["usual_entropy"]
-               for r in saves[-3:])  # the kept ones
+               for r in saves)
     stop = [r for r in recs if r["type"] == "stop"][-1]
     assert stop["checkpoint_health"]["collapsed"] is True
     assert stop["playable_checkpoint"] == summary["checkpoint"] == stop["checkpoint"]

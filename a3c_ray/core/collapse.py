@@ -3,10 +3,12 @@
 Now and then one optimizer step drives the policy's entropy from its usual level (about
 1.65 nats of Pong's 1.79) to almost 0, for one to a few weight versions, before the
 policy recovers (docs/results.md). A checkpoint saved in such a moment resumes the run
-correctly (the run recovers from it as it would have), but its policy plays badly. So
-every checkpoint records the policy entropy of the workers' latest segments against the
-run's usual level and whether that is a collapse, and evaluation of a run plays the
-newest checkpoint saved outside one.
+correctly (the run recovers from it as it would have), but its policy plays badly. The
+workers' segments see a version one or two steps late, too late for a collapse of one
+or two versions, so the parameter server measures the weights it saves: their mean
+policy entropy on a fixed probe of random-play observations, against the same measured
+every ``PROBE_EVERY_VERSIONS`` versions. Every checkpoint records it, and evaluation of a
+run plays the newest checkpoint saved outside a collapse.
 """
 
 from __future__ import annotations
@@ -17,41 +19,39 @@ import statistics
 from pathlib import PurePosixPath
 from typing import Iterable, Optional
 
+import numpy as np
+
 from . import storage
 
 
-#: Segments behind "the run's usual entropy": about two minutes of a 2-worker Pong run.
-WINDOW = 2000
+#: Versions between two measurements of the probe's entropy (the run's usual level).
+PROBE_EVERY_VERSIONS = 100
+#: Measurements behind the usual level: about 5 minutes of a 2-worker Pong run.
+HISTORY = 50
 
 
-def health(latest: Iterable[Optional[float]], recent: Iterable[Optional[float]],
-           ratio: float) -> dict:
-    """Is the policy collapsed? ``latest``: each worker's newest segment entropy;
-    ``recent``: the run's last segment entropies (``WINDOW``).
+def entropy(logits: np.ndarray) -> np.ndarray:
+    """[N, A] logits -> [N] entropies of their softmax, in nats (float64, stable)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -(np.exp(log_p) * log_p).sum(axis=1)
 
-    {'policy_entropy': the mean of ``latest``, 'usual_entropy': the median of ``recent``,
-    'collapsed': the first below ``ratio`` times the second (never when ratio is 0)}.
-    Relative to the run's own level, because a policy that has learned its task (CartPole)
-    may keep little entropy, while a collapse falls ~100x within one step."""
-    mean, usual = _mean(latest), _median(recent)
-    return {"policy_entropy": None if mean is None else round(mean, 5),
+
+def health(now: Optional[float], history: Iterable[float], ratio: float) -> dict:
+    """Is the policy collapsed? ``now``: its mean entropy on the probe; ``history``: the
+    same measured every ``PROBE_EVERY_VERSIONS`` versions before.
+
+    {'policy_entropy': now, 'usual_entropy': the median of history, 'collapsed': now
+    below ``ratio`` times it (never when ratio is 0)}. Relative to the run's own level,
+    because a policy that has learned its task (CartPole) may keep little entropy, while
+    a collapse falls ~100x within one step."""
+    past = [float(x) for x in history if x is not None and math.isfinite(x)]
+    usual = statistics.median(past) if past else None
+    return {"policy_entropy": None if now is None else round(float(now), 5),
             "usual_entropy": None if usual is None else round(usual, 5),
-            "collapsed": bool(mean is not None and usual is not None and ratio > 0
-                              and mean < ratio * usual)}
-
-
-def _finite(xs: Iterable[Optional[float]]) -> list[float]:
-    return [float(x) for x in xs if x is not None and math.isfinite(x)]
-
-
-def _mean(xs: Iterable[Optional[float]]) -> Optional[float]:
-    v = _finite(xs)
-    return sum(v) / len(v) if v else None
-
-
-def _median(xs: Iterable[Optional[float]]) -> Optional[float]:
-    v = _finite(xs)
-    return statistics.median(v) if v else None
+            "collapsed": bool(now is not None and usual is not None and ratio > 0
+                              and now < ratio * usual)}
 
 
 def kept_after_save(previous: list[dict], entry: dict, kept_names: Iterable[str]) -> list[dict]:
@@ -72,6 +72,14 @@ def read_records(ckpt_dir: str) -> list[dict]:
         return []
     records = meta.get("checkpoints") if isinstance(meta, dict) else None
     return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def record(ckpt_dir: str, path: str) -> dict:
+    """The collapse check's result for checkpoint ``path`` ({} if it is not recorded):
+    {'policy_entropy', 'usual_entropy', 'collapsed'}."""
+    name = PurePosixPath(path).name
+    rec = next((r for r in read_records(ckpt_dir) if r.get("path") == name), {})
+    return {k: rec[k] for k in ("policy_entropy", "usual_entropy", "collapsed") if k in rec}
 
 
 def choose(checkpoints: list[str], records: list[dict]) -> tuple[Optional[str], Optional[str]]:

@@ -297,11 +297,12 @@ class CheckpointConfig:
                                  min=0.0)
     keep: Int = _f(3, "Number of most recent checkpoints kept.", min=1, max=1000)
     collapse_entropy_ratio: Float = _f(
-        0.1, "A checkpoint counts as saved during a policy collapse when the mean policy "
-        "entropy of the workers' latest segments is below this ratio times the median of "
-        "the run's last 2,000 segments (a collapse falls from ~1.65 to ~0.001-0.08 nats on "
-        "Pong). Such a checkpoint still resumes the run; a3c-evaluate RUN_DIR plays the "
-        "newest checkpoint saved outside a collapse. 0 turns the check off.", min=0.0, max=10.0)
+        0.1, "A checkpoint counts as saved during a policy collapse when its weights' mean "
+        "policy entropy on a fixed probe of 40 random-play observations is below this ratio "
+        "times the median of the same measured every 100 versions (the last 50 times; a "
+        "collapse falls from ~1.65 to ~0.001-0.08 nats on Pong). Such a checkpoint still "
+        "resumes the run; a3c-evaluate RUN_DIR plays the newest checkpoint saved outside a "
+        "collapse. 0 turns the check off.", min=0.0, max=10.0)
     storage: Str = _f("", "Where checkpoints go: empty for RUN_DIR/checkpoints; else a "
                       "directory (the run's checkpoints go in STORAGE/<run name>) or a gs:// "
                       "URI. On a cluster use storage every node reaches (a shared file "

@@ -112,6 +112,17 @@ class EnvBatch:
         self._env.close()
 
 
+def random_play_frames(cfg, steps: int, num_envs: int = 8, seed: int = 0):
+    """Observations of `num_envs` envs under a uniform-random policy, `steps` rounds."""
+    envs = EnvBatch(cfg, num_envs, seed)
+    rng = np.random.default_rng(seed)
+    obs = [envs.reset()]
+    for _ in range(steps - 1):
+        obs.append(envs.step(envs.random_actions(rng)).obs)
+    envs.close()
+    return np.concatenate(obs), envs.obs_shape, envs.n_actions
+
+
 def make_atari(cfg: Config, rom: str, num_envs: int):
     """ale-py's vector env for `rom` with the config's preprocessing (one C++ thread):
     (env, action_map into the env's actions, action names, the game's minimal set)."""

@@ -16,12 +16,13 @@ Checkpoints use ``tf.train.Checkpoint`` (no pickle): weights, optimizer slots,
 counters, and the identity of the game and network so a mismatched resume fails
 clearly. TF's CheckpointManager writes the data files first and then atomically
 replaces the ``checkpoint`` index, so a kill mid-write never corrupts "latest".
-``latest.json`` beside them holds the counters and, for every checkpoint kept, the
-policy entropy the driver saw when it was saved (``collapse.py``).
+``latest.json`` beside them holds the counters and, for every checkpoint kept, its
+weights' policy entropy on a probe against the run's usual level (``collapse.py``).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -87,9 +88,44 @@ class ParameterServer:
         # (incarnation, version), never by a number that a restore rewinds.
         self.incarnation = uuid.uuid4().hex[:12]
         self.restored_from: Optional[str] = None
+        # The collapse check (collapse.py): a fixed probe of observations, and the policy's
+        # mean entropy on it every PROBE_EVERY_VERSIONS versions.
+        self._probe = self._make_probe() if (
+            checkpoint_dir and cfg.checkpoint.collapse_entropy_ratio > 0) else None
+        self._probe_history: collections.deque = collections.deque(maxlen=collapse.HISTORY)
+        self._measure_probe()
 
     def identity(self) -> str:
         return identity(self.cfg, self.net.obs_shape, self.net.n_actions)
+
+    def _make_probe(self) -> tuple:
+        """40 random-play observations (every 4th of 40 rounds in 4 envs, seeded) and the
+        compiled policy that reads them."""
+        from .envs import random_play_frames
+        from .models import compile_policy
+
+        rounds, envs = 40, 4
+        frames, _, _ = random_play_frames(self.cfg, rounds, num_envs=envs, seed=self.cfg.seed)
+        frames = frames.reshape(rounds, envs, *frames.shape[1:])[::4]
+        frames = np.ascontiguousarray(frames.reshape(-1, *frames.shape[2:]))
+        return frames, compile_policy(self.net, frames.dtype)
+
+    def probe_entropy(self) -> Optional[float]:
+        """The current weights' mean policy entropy on the probe (None without one)."""
+        if self._probe is None:
+            return None
+        frames, policy = self._probe
+        logits, _ = policy(frames, self.net.initial_state(len(frames)))
+        return float(collapse.entropy(logits).mean())
+
+    def _measure_probe(self) -> None:
+        if self._probe is not None:
+            self._probe_history.append(self.probe_entropy())
+
+    def policy_health(self) -> dict:
+        """The current weights' probe entropy against the usual level (collapse.health)."""
+        return collapse.health(self.probe_entropy(), self._probe_history,
+                               self.cfg.checkpoint.collapse_entropy_ratio)
 
     def _compile_apply(self, tf):
         groups = [(self.optimizers[name], vs) for name, vs in self.net.groups]
@@ -196,6 +232,8 @@ class ParameterServer:
             self._apply(acc, np.float32(1.0 / samples))
             c["version"] += 1
             c["updates"] += 1
+            if c["version"] % collapse.PROBE_EVERY_VERSIONS == 0:
+                self._measure_probe()
             c["gradients"] += sum(int(m["gradients"]) for _, m in keep)
         self.last = {**c, "incarnation": self.incarnation, "lr": self.lr, "k": len(grads),
                      "k_applied": sum(int(m["gradients"]) for _, m in keep),
@@ -258,8 +296,9 @@ class ParameterServer:
         for k, v in self._tf_counters.items():
             v.assign(self.counters[k])
         path = self._manager.save(checkpoint_number=self.counters["updates"])
-        extra = extra or {}
-        entry = {"path": Path(path).name, "env_steps": self.counters["env_steps"], **extra}
+        extra = {**self.policy_health(), **(extra or {})}
+        entry = {"path": Path(path).name, "env_steps": self.counters["env_steps"],
+                 "version": self.counters["version"], **extra}
         kept = collapse.kept_after_save(collapse.read_records(self.checkpoint_dir), entry,
                                         (Path(p).name for p in self._manager.checkpoints))
         meta = {"path": Path(path).name, "counters": dict(self.counters),
@@ -310,6 +349,8 @@ class ParameterServer:
         self.lr = self._lr()
         self._weights_cache = None
         self.restored_from = target
+        self._probe_history.clear()  # the usual level of these weights, not the fresh ones
+        self._measure_probe()
         return dict(self.counters)
 
 

@@ -20,21 +20,9 @@ from typing import Optional
 import numpy as np
 
 from ..core.config import ConfigError, load_run_config
+from ..core.envs import random_play_frames
 
 CONSTANT_STD = 1e-3
-
-
-def random_play_frames(cfg, steps: int, num_envs: int = 8, seed: int = 0):
-    """Observations of `num_envs` envs under a uniform-random policy, `steps` rounds."""
-    from ..core.envs import EnvBatch
-
-    envs = EnvBatch(cfg, num_envs, seed)
-    rng = np.random.default_rng(seed)
-    obs = [envs.reset()]
-    for _ in range(steps - 1):
-        obs.append(envs.step(envs.random_actions(rng)).obs)
-    envs.close()
-    return np.concatenate(obs), envs.obs_shape, envs.n_actions
 
 
 def torso_layers(net) -> list:

@@ -562,7 +562,11 @@ class Trainer:
             self.checkpoint_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.reporter.event("checkpoint_failed", error=self.checkpoint_error)
             return None
-        self.saved, self.saved_health = str(path), collapse.record(self.ckpt_dir, path)
+        try:  # what the PS recorded of the policy's health: informative only
+            health = collapse.record(self.ckpt_dir, path)
+        except Exception:  # noqa: BLE001 -- e.g. a bucket read failing just now
+            health = {}
+        self.saved, self.saved_health = str(path), health
         self.reporter.event("checkpoint", path=str(path), env_steps=self.reporter.env_steps,
                             **self.saved_health)
         return path
@@ -737,8 +741,8 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
         path = trainer.checkpoint(timeout_s=120.0)
     if path is None and error is None:
         error = f"the final checkpoint failed ({trainer.checkpoint_error})"
-    ckpt_dir = storage.checkpoint_dir(cfg.checkpoint.storage, run_dir)
-    collapsed = _collapse_note(trainer, ckpt_dir) if path else {}
+    ckpt_dir = trainer.ckpt_dir
+    collapsed = _collapse_note(trainer) if path else {}
     # The PS's counters are authoritative (they are what the checkpoint holds).
     summary = {**reporter.status(), "run_dir": str(run_dir), "stop_reason": reason,
                "checkpoint": str(path) if path else None, "error": error,
@@ -762,20 +766,20 @@ def _finish(cfg: Config, trainer: "Trainer", run_dir: Path) -> dict:
     return summary
 
 
-def _collapse_note(trainer: "Trainer", ckpt_dir: str) -> dict:
+def _collapse_note(trainer: "Trainer") -> dict:
     """{} unless the final checkpoint was saved during a policy collapse; then which
     checkpoint evaluation plays instead ('playable_checkpoint') and the stop's 'note'."""
     h = trainer.saved_health
     if not h.get("collapsed"):
         return {}
     try:
-        chosen, _ = collapse.playable(ckpt_dir)
+        chosen, _ = collapse.playable(trainer.ckpt_dir)
     except Exception as e:  # noqa: BLE001 -- advisory: the stop itself is done
         chosen, why = None, f"which checkpoint to play cannot be read ({type(e).__name__})"
     else:
-        why = ("a3c-evaluate RUN_DIR plays " + Path(chosen).name + ", the newest "
-               "checkpoint saved outside one" if chosen and Path(chosen).name != Path(trainer.saved).name else
-               "no checkpoint saved outside one is kept")
+        older = chosen and Path(chosen).name != Path(str(trainer.saved)).name
+        why = (f"a3c-evaluate RUN_DIR plays {Path(chosen).name}, the newest checkpoint "
+               "saved outside one" if older else "no checkpoint saved outside one is kept")
     return {"playable_checkpoint": chosen,
             "note": f"the final checkpoint was saved during a policy collapse (policy "
                     f"entropy {h['policy_entropy']} nats, the run's usual "

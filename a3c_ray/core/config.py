@@ -202,7 +202,9 @@ class TrainingConfig:
                                   "larger than most layers' "
                                   "mean squared gradient: they trained as plain SGD and "
                                   "Breakout stayed near random for a million steps "
-                                  "(docs/experiments.md).",
+                                  "(docs/experiments.md). 1e-8 cut Pong's one-step policy "
+                                  "collapses about 20-fold over 1.5 M steps with the same "
+                                  "curve (docs/results.md); its full hours are not yet run.",
                                   min=0.0)
     max_policy_lag: Int = _f(0, "Gradients computed from weights more than this many "
                              "versions old are dropped and counted (0 = no bound). A "

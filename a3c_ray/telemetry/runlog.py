@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from typing_extensions import TypedDict  # pydantic validates it on Python < 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic validates it on Python < 3.12
 
 import numpy as np
 
@@ -102,12 +102,19 @@ class StatusRecord(Record, total=False):
 class CheckpointRecord(Record):
     path: str
     env_steps: int
+    # the collapse check (core/collapse.py): the saved weights' probe entropy, the run's
+    # usual level, and whether the first is a collapse against the second
+    policy_entropy: NotRequired[Optional[float]]
+    usual_entropy: NotRequired[Optional[float]]
+    collapsed: NotRequired[bool]
 
 
 class StopRecord(StatusRecord, total=False):
     run_dir: str
     stop_reason: str
     checkpoint: Optional[str]
+    checkpoint_health: Optional[dict]  # the checkpoint record's three collapse-check fields
+    playable_checkpoint: Optional[str]  # when the final one is collapsed: what evaluation plays
     error: Optional[str]
     updates: int
     gradients: int

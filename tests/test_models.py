@@ -128,10 +128,42 @@ def test_measure_segment_times_both_precisions():
     assert set(seconds) == {"float32", "mixed_bfloat16"} and min(seconds.values()) > 0
 
 
-def test_set_flat_weights_loads_every_variable_in_order():
-    net = _net((4, 42, 42), **{"model.conv_filters": [8, 8, 8], "model.hidden_units": 32})
-    flat = np.arange(net.num_params(), dtype=np.float32) / net.num_params()
-    net.set_flat_weights(flat)
-    assert np.array_equal(np.concatenate([w.reshape(-1) for w in net.get_weights()]), flat)
-    with pytest.raises(ValueError, match="expected"):
-        net.set_flat_weights(flat[:-1])
+@pytest.mark.parametrize("precision, arch, lstm", [("mixed_bfloat16", "separate", 0),
+                                                  ("mixed_bfloat16", "shared", 16),
+                                                  ("float32", "shared", 0)])
+def test_published_weights_give_the_workers_the_masters_numbers(precision, arch, lstm):
+    """The PS publishes bfloat16-computing weights as bfloat16: a worker that loads them
+    computes the logits, values and gradients of the PS's float32 copy bit for bit."""
+    import tensorflow as tf
+
+    ov = {"model.torso": "a3c", "model.conv_filters": [8, 16], "model.hidden_units": 32,
+          "model.precision": precision, "model.arch": arch, "model.lstm_units": lstm}
+    tf.keras.utils.set_random_seed(1)
+    master = _net((4, 42, 42), **ov)
+    tf.keras.utils.set_random_seed(2)
+    worker = _net((4, 42, 42), **ov)
+    bits, rest = master.wire_packer()()
+    assert bits.dtype == np.uint16 and rest.dtype == np.float32
+    assert bits.size + rest.size == master.num_params()
+    # float32 layers: the heads on 32 units, or the LSTM on the 3*3*16 conv features and
+    # its heads on 16 units
+    heads = 4 * 16 * (144 + 16 + 1) + 17 * 7 if lstm else 33 * 7
+    assert rest.size == (master.num_params() if precision == "float32" else heads)
+    worker.wire_loader()((bits, rest))
+
+    obs = np.random.default_rng(0).integers(0, 256, (10, 4, 42, 42), dtype=np.uint8)
+    state, starts = master.initial_state(5), np.zeros((2, 5), np.float32)
+
+    def numbers(net):
+        with tf.GradientTape() as tape:
+            logits, values = net.unroll(obs, state, starts)
+            loss = tf.reduce_sum(logits) + tf.reduce_sum(values)
+        return [logits, values, *tape.gradient(loss, net.variables)]
+
+    for a, b in zip(numbers(master), numbers(worker)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if precision != "float32":  # the torso really travels rounded: the copies differ
+        assert not all(np.array_equal(m, w)
+                       for m, w in zip(master.get_weights(), worker.get_weights()))
+    with pytest.raises(ValueError, match="bfloat16 and .* float32 values"):
+        worker.wire_loader()((bits, rest[:-1]))

@@ -24,19 +24,25 @@ def meta(ps, samples=1, gradients=1, env_steps=0, episodes=0, version=None, inca
             "incarnation": ps.incarnation if incarnation is None else incarnation}
 
 
+def weights_of(ps):
+    """The PS's weights as one flat float32 vector, in variable order."""
+    return np.concatenate([w.reshape(-1) for w in ps.get_weights()])
+
+
 def step(ps, g=None, **kw):
     return ps.apply([flat(ps) if g is None else g], [meta(ps, **kw)])
 
 
 def test_apply_bumps_version_and_changes_weights(tmp_path):
     ps = make_ps(tmp_path)
-    w0 = ps.weights()["weights"].copy()
+    w0 = weights_of(ps)
     rec = step(ps, env_steps=160, episodes=2)
     assert rec["version"] == 1 and ps.counters["updates"] == 1 == ps.counters["gradients"]
     assert ps.counters["env_steps"] == 160 and ps.counters["episodes"] == 2
     w1 = ps.weights()
     assert w1["version"] == 1 and w1["incarnation"] == ps.incarnation
-    assert not np.allclose(w0, w1["weights"])
+    assert not np.allclose(w0, weights_of(ps))
+    assert np.array_equal(np.concatenate(w1["weights"]), weights_of(ps))  # float32 MLP
     assert rec["status"] == "applied" and rec["lags"] == [0]
     assert ps.weights() is w1  # one weights object per version
 
@@ -52,7 +58,7 @@ def test_k_gradient_step_is_one_step_on_the_sample_weighted_mean(tmp_path):
     rec = ps.apply([s1, s2], [meta(ps, samples=80, env_steps=80, episodes=1),
                               meta(ps, samples=20, env_steps=20, gradients=3)])
     step(ref, (s1 + s2) / 100.0, samples=1)
-    np.testing.assert_allclose(ps.weights()["weights"], ref.weights()["weights"], rtol=1e-5,
+    np.testing.assert_allclose(weights_of(ps), weights_of(ref), rtol=1e-5,
                                atol=1e-7)
     assert rec["k"] == 2 and rec["k_applied"] == 4 and rec["lags"] == [0, 0]
     c = ps.counters
@@ -69,7 +75,7 @@ def test_nonfinite_sum_is_dropped_and_the_rest_applied(tmp_path, bad):
     rec = ps.apply([flat(ps), g, flat(ps)], [meta(ps, env_steps=10) for _ in range(3)])
     assert rec["version"] == 1 and rec["k_applied"] == 2
     assert ps.counters["rejected_nonfinite"] == 1 and ps.counters["gradients"] == 2
-    assert np.isfinite(ps.weights()["weights"]).all()
+    assert np.isfinite(weights_of(ps)).all()
     assert ps.counters["env_steps"] == 30  # the experience still counts
 
 
@@ -135,7 +141,7 @@ def test_step_mean_is_clipped_per_network(tmp_path):
     step(ref, small)
     step(ps, 20 * g, samples=20)
     step(ref, clipped)
-    np.testing.assert_allclose(ps.weights()["weights"], ref.weights()["weights"], rtol=1e-5,
+    np.testing.assert_allclose(weights_of(ps), weights_of(ref), rtol=1e-5,
                                atol=1e-7)
     assert ps.last["grad_norm"] == pytest.approx(float(np.linalg.norm(g)), rel=1e-4)
 
@@ -297,7 +303,7 @@ def test_bfloat16_wire_gradient_is_applied_like_float32(tmp_path):
     assert err.max() <= 2 ** -8 * np.abs(f32).max() + 1e-12
     ps = make_ps(tmp_path)
     rec = ps.apply([flats["bfloat16"]], [meta(ps, samples=stats["samples"])])
-    assert rec["status"] == "applied" and np.isfinite(ps.weights()["weights"]).all()
+    assert rec["status"] == "applied" and np.isfinite(weights_of(ps)).all()
 
 
 def test_checkpoints_through_tensorflows_file_systems(tmp_path):
@@ -323,7 +329,7 @@ def test_checkpoints_through_tensorflows_file_systems(tmp_path):
     ps2 = ParameterServer(cfg, (4,), 2, d, run_id=run_id)
     ps2.restore_latest_if_any()
     assert ps2.counters == ps.counters and ps2.restored_from == path
-    np.testing.assert_array_equal(ps2.weights()["weights"], ps.weights()["weights"])
+    np.testing.assert_array_equal(weights_of(ps2), weights_of(ps))
     with pytest.raises(CheckpointError, match="is not this run's from node"):
         ParameterServer(cfg, (4,), 2, d, run_id="another-run")
     tf.io.gfile.remove(f"{d}/checkpoint")  # the index gone, latest.json left

@@ -228,15 +228,65 @@ class ActorCritic:
         for v, w in zip(self.variables, weights):
             v.assign(w)
 
-    def set_flat_weights(self, flat: np.ndarray) -> None:
-        """Load all variables from one flat float32 vector (the PS's published form)."""
-        if flat.shape != (self.num_params(),):
-            raise ValueError(f"expected {self.num_params()} weights, got {flat.shape}")
-        i = 0
-        for v in self.variables:
-            n = int(np.prod(v.shape))
-            v.assign(flat[i:i + n].reshape(v.shape))
-            i += n
+    # ---- the published form ---------------------------------------------------
+    def _wire_split(self) -> tuple[list, list]:
+        """(variables read in bfloat16, the rest): a variable is shipped as bfloat16
+        where every use of it computes in bfloat16 (the torso under mixed_bfloat16)."""
+        low = {id(v) for m in self.torso_models() for layer in m.layers
+               if layer.dtype_policy.compute_dtype == "bfloat16"
+               for v in layer.trainable_variables}
+        return ([v for v in self.variables if id(v) in low],
+                [v for v in self.variables if id(v) not in low])
+
+    def wire_packer(self):
+        """A compiled () -> (bfloat16 bits as uint16, float32) pair: the weights as the
+        PS publishes them.
+
+        A bfloat16 layer casts its float32 weights to bfloat16 (round to nearest even)
+        before every use, so sending them already rounded changes no result by a bit
+        and halves their bytes; the float32 heads travel as they are.
+        """
+        from a3c_ray.core.tflib import tf
+
+        low, high = self._wire_split()
+
+        def flat(vs, dtype):
+            return (tf.concat([tf.reshape(v, [-1]) for v in vs], 0) if vs
+                    else tf.zeros([0], dtype))
+
+        @tf.function(input_signature=[], autograph=False)
+        def pack():
+            bits = tf.bitcast(tf.cast(flat(low, tf.float32), tf.bfloat16), tf.uint16)
+            return bits, flat(high, tf.float32)
+
+        return lambda: tuple(x.numpy() for x in pack())
+
+    def wire_loader(self):
+        """A compiled loader of ``wire_packer``'s pair into this net's variables."""
+        from a3c_ray.core.tflib import tf
+
+        low, high = self._wire_split()
+        n_low, n_high = (sum(int(np.prod(v.shape)) for v in vs) for vs in (low, high))
+
+        def assign(vs, flat):
+            if vs:
+                for v, part in zip(vs, tf.split(flat, [int(np.prod(v.shape)) for v in vs])):
+                    v.assign(tf.reshape(part, v.shape))
+
+        @tf.function(input_signature=[tf.TensorSpec([n_low], tf.uint16),
+                                      tf.TensorSpec([n_high], tf.float32)], autograph=False)
+        def load(bits, rest):
+            assign(low, tf.cast(tf.bitcast(bits, tf.bfloat16), tf.float32))
+            assign(high, rest)
+
+        def call(wire) -> None:
+            bits, rest = wire
+            if bits.shape != (n_low,) or rest.shape != (n_high,):
+                raise ValueError(f"expected weights of {n_low} bfloat16 and {n_high} float32 "
+                                 f"values, got {bits.shape} and {rest.shape}")
+            load(bits, rest)
+
+        return call
 
     def obs_spec(self, dtype) -> tf.TensorSpec:
         return tf.TensorSpec([None, *self.obs_shape], tf.as_dtype(dtype))

@@ -8,9 +8,9 @@ mean, ``sum(g_i) / sum(n_i)``, clipped per network to ``training.grad_clip_norm`
 gradient of the mean loss over all the step's samples, as one batch of that size would
 give, so 8 segments of 10 samples make the same step as one segment of 80.
 Sums from another PS incarnation (or, if bounded, too stale) and non-finite ones are
-dropped and counted; the version advances once per step. Weights are published as one
-flat float32 vector per version (``weights()``), cached, so every worker and node shares
-one object per version.
+dropped and counted; the version advances once per step. Weights are published once
+per version (``weights()``, cached, so every worker and node shares one object per
+version): the weights that compute in bfloat16 as bfloat16, the rest as float32.
 
 Checkpoints use ``tf.train.Checkpoint`` (no pickle): weights, optimizer slots,
 counters, and the identity of the game and network so a mismatched resume fails
@@ -76,9 +76,8 @@ class ParameterServer:
                                                     max_to_keep=cfg.checkpoint.keep)
                          if checkpoint_dir else None)
         self._apply = self._compile_apply(tf)
-        self._flatten = tf.function(
-            lambda: tf.concat([tf.reshape(v, [-1]) for v in self.net.variables], 0),
-            input_signature=[], autograph=False)
+        self._pack = self.net.wire_packer()
+        self.weights_bytes = sum(a.nbytes for a in self._pack())  # per published version
         self._weights_cache: Optional[dict] = None
         self._acc = np.zeros(self.num_params, np.float32)  # the step's sum, reused
         # A step and a checkpoint never interleave: a checkpoint is one version.
@@ -178,12 +177,16 @@ class ParameterServer:
         return self.incarnation, self.counters["version"]
 
     def weights(self) -> dict:
-        """{'incarnation', 'version', 'weights': one flat float32 vector}, one per version."""
+        """{'incarnation', 'version', 'weights': the published pair}, one per version.
+
+        The pair is ``ActorCritic.wire_packer``'s: the bfloat16-computing weights as
+        bfloat16 bits, the rest float32 (all float32 under a float32 policy).
+        """
         c = self._weights_cache
         if c is None or c["version"] != self.counters["version"]:
             c = self._weights_cache = {"incarnation": self.incarnation,
                                        "version": self.counters["version"],
-                                       "weights": self._flatten().numpy()}
+                                       "weights": self._pack()}
         return c
 
     def get_weights(self) -> list[np.ndarray]:
@@ -280,7 +283,9 @@ class ParameterServer:
 
     def status(self) -> dict:
         return {**self.counters, "lr": self.lr, "last": dict(self.last),
-                "num_params": self.num_params, "precision": self.net.precision,
+                "num_params": self.num_params,
+                "weights_bytes": self.weights_bytes,
+                "precision": self.net.precision,
                 "precision_why": self.net.precision_why,
                 "incarnation": self.incarnation,
                 "restored_from": self.restored_from, "pid": os.getpid()}

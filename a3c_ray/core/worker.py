@@ -1,7 +1,7 @@
 """The rollout worker: plays t_max-step segments in N envs and computes gradients.
 
 ``RolloutWorker`` is a plain class (testable and usable without Ray); the Ray
-actor that wraps it is in ``ray_actors.py``. ``sync(key, flat)`` loads a weights
+actor that wraps it is in ``ray_actors.py``. ``sync(key, wire)`` loads a weights
 version (keyed by the PS's incarnation and version, so a restarted PS's version 3
 is never mistaken for the old one's); each call of ``compute_gradients()`` plays one
 segment of ``t_max`` steps in each of its envs with batched inference and returns
@@ -37,6 +37,7 @@ class RolloutWorker:
         tf.keras.utils.set_random_seed(self.seed)
         self.envs = EnvBatch(cfg, t.envs_per_worker, self.seed)
         self.net = ActorCritic(self.envs.obs_shape, self.envs.n_actions, cfg.model)
+        self._load = self.net.wire_loader()
         self.key: Optional[tuple] = None  # (PS incarnation, version) of the weights held
         self.version = -1
         n, T = t.envs_per_worker, t.t_max
@@ -111,7 +112,8 @@ class RolloutWorker:
             self._value = lambda obs: act_step(obs, tf.constant(self.state))[1]
         else:
             self._act_cf = (act_value if self._gae else act).get_concrete_function()
-            self._value = value
+            value_cf = value.get_concrete_function()
+            self._value = lambda obs: value_cf(tf.constant(obs))
 
     # ---- the network alone (the benchmark's network bound) -------------------
     def infer_once(self) -> np.ndarray:
@@ -139,15 +141,16 @@ class RolloutWorker:
                 "gradient": self._gradient.experimental_get_tracing_count()}
 
     # ---- one segment ---------------------------------------------------------
-    def sync(self, key: tuple, flat: np.ndarray) -> float:
-        """Load weights version `key` ((incarnation, version)) from one flat vector.
+    def sync(self, key: tuple, wire: tuple) -> float:
+        """Load weights version `key` ((incarnation, version)) from the PS's published
+        pair (``ActorCritic.wire_packer``).
 
         Returns the seconds it took (0 if `key` is already loaded).
         """
         if tuple(key) == self.key:
             return 0.0
         t0 = time.perf_counter()
-        self.net.set_flat_weights(flat)
+        self._load(wire)
         self.key, self.version = tuple(key), int(key[1])
         return time.perf_counter() - t0
 

@@ -189,7 +189,7 @@ def measure_ps(cfg: Config, obs_shape: tuple, n_actions: int, ks: list[int],
             for _ in range(pool)]
     meta = {"samples": 80, "gradients": 1, "env_steps": 80, "episodes": 0, "version": 0,
             "incarnation": st["incarnation"]}
-    out = {"num_params": n, "by_k": {}}
+    out = {"num_params": n, "weights_bytes": st["weights_bytes"], "by_k": {}}
     for k in ks:
         recs, inflight, i = [], [], 0
         t_end = time.perf_counter() + seconds
@@ -415,7 +415,7 @@ def run(cfg: Config, args) -> dict:
              "ps_c1": ps["c1_s"], "agg_c1": agg_c1, "drv_seg": drv_seg,
              "drv_batch": drv_batch["cpu_s_per_batch"], "drv_local": drv_local,
              "rpc": drv_batch["rpc_round_trip_s"],
-             "weights_bytes": 4 * ps["num_params"], "grad_bytes": wire * ps["num_params"]}
+             "weights_bytes": ps["weights_bytes"], "grad_bytes": wire * ps["num_params"]}
     t = cfg.training
     kw = dict(updates_per_segment=t.max_updates_per_segment,
               samples_per_update=t.samples_per_update, seg_ratios=ratios)

@@ -95,8 +95,7 @@ class RolloutWorkerActor:
         key = (handle["incarnation"], handle["version"])
         if key != self.worker.key:
             t0 = time.perf_counter()
-            flat = ray.get(handle["weights"][0])
-            self.worker.sync(key, flat)
+            self.worker.sync(key, ray.get(handle["weights"][0]))
             sync_s = time.perf_counter() - t0
         grad, stats = self.worker.compute_gradients(sync_s)
         self.metrics.worker_segment(stats, self.frames_per_step)

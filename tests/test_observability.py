@@ -163,6 +163,10 @@ def test_sigterm_writes_final_checkpoint_and_exits_cleanly(live_run):
     latest = json.loads((run / "checkpoints" / "latest.json").read_text())
     assert latest["counters"]["env_steps"] == stop["env_steps"] > 0
     assert "steps/s" in out and "ETA" in out
+    # the object store's use, read off the loop's thread, reaches the status records
+    store = [r.get("object_store_mb") for r in read_log(run / "log.jsonl")
+             if r["type"] == "status"]
+    assert any(isinstance(v, float) and v > 0 for v in store), store
 
 
 def test_run_log_is_strict_json(tmp_path):

@@ -4,6 +4,7 @@ actors (``ray_actors``); the workers on the PS's node run by the driver itself
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Optional
 
@@ -137,6 +138,7 @@ class RayBackend:
         self._step: Optional[Any] = None  # the apply in flight
         self._newest: Any = None  # ref of the newest finished weights handle
         self._latest: Any = None  # ref of the newest dispatched one
+        self._store = StoreGauge()
 
     def _started(self, refs: list, what: str, resources: dict, timeout_s: float) -> list:
         """The actors' first answers, or one line saying why they did not start."""
@@ -288,12 +290,42 @@ class RayBackend:
                 time.sleep(1.0)
 
     def health(self) -> dict:
-        """Object-store use (informational: Ray's internal summary)."""
-        return {"object_store_mb": object_store_used_mb()}
+        """Object-store use (informational: Ray's internal summary, the newest reading)."""
+        return {"object_store_mb": self._store.value}
 
     def shutdown(self) -> None:
+        self._store.close()
         for actor in [*self.aggregators, *self.workers, self.ps]:
             self.ray.kill(actor)
+
+
+class StoreGauge:
+    """The object store's use, read every ``every_s`` seconds by a thread of its own.
+
+    Ray's memory summary asks every worker process of every node for its stats, and a
+    frozen worker holds the answer back for up to a minute; the driver loop reads the
+    newest value and never waits for it (a hung worker must not stall the loop that
+    detects it).
+    """
+
+    def __init__(self, every_s: float = 5.0):
+        self.value: Optional[float] = None
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="a3c-object-store",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = object_store_used_mb()
+            if not self._stop.is_set():
+                self.value = value
+            self._stop.wait(self._every_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)  # a reading in flight may hold on; it is dropped
 
 
 def object_store_used_mb() -> Optional[float]:

@@ -117,3 +117,26 @@ def test_every_record_a_run_writes_follows_the_schema(short_run):
             assert set(r) <= set(declared), (r["type"], set(r) - set(declared))
     eps = h.columns("episode", score="score", frames="frames")
     assert len(eps["score"]) == len(h.of("episode")) and (eps["wall_s"] >= 0).all()
+
+
+def test_reporter_writes_tensorboard_without_importing_tensorflow(tmp_path):
+    """The driver's reporting never loads TensorFlow (seconds of CPU at every start)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import io, sys
+from pathlib import Path
+from a3c_ray.core.config import load_config
+from a3c_ray.telemetry.metrics import Reporter
+rep = Reporter(load_config(overrides={{"logging.console": "quiet"}}), Path({str(tmp_path)!r}),
+               start={{}}, stream=io.StringIO())
+rep.episode({{"score": 3.0, "length": 10, "avg_max_prob": 0.5}}, worker=0)
+rep.tick(force=True)
+rep.close()
+assert "tensorflow" not in sys.modules, "the reporter imported TensorFlow"
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert _tb_scalars(tmp_path)["episode/score"] == [(0, 3.0)]

@@ -49,9 +49,9 @@ class Reporter:
         self.worker_failures = 0
         self._tb = None
         if cfg.logging.tensorboard:
-            from a3c_ray.core.tflib import tf
+            from .tensorboard import ScalarWriter
 
-            self._tb = tf.summary.create_file_writer(str(run_dir / "tb"))
+            self._tb = ScalarWriter(str(run_dir / "tb"))
         self._tb_means: dict = {}  # tag -> [sum, count] of segment values since the last tick
         # tag -> the interval's extreme: a one-step collapse of the policy (its entropy
         # near 0 for a few versions, then back) is one segment in hundreds; means hide it.
@@ -130,14 +130,11 @@ class Reporter:
                        score=ep["score"], length=ep["length"],
                        avg_max_prob=round(ep["avg_max_prob"], 4), score_avg=avg)
         if self._tb is not None:
-            from a3c_ray.core.tflib import tf
-
             # Per-episode values at the episode's env step; never divided by a count.
-            with self._tb.as_default(step=self.env_steps):
-                tf.summary.scalar("episode/score", ep["score"])
-                tf.summary.scalar("episode/score_moving_avg", avg)
-                tf.summary.scalar("episode/length", ep["length"])
-                tf.summary.scalar("episode/avg_max_policy_prob", ep["avg_max_prob"])
+            for tag, v in (("episode/score", ep["score"]), ("episode/score_moving_avg", avg),
+                           ("episode/length", ep["length"]),
+                           ("episode/avg_max_policy_prob", ep["avg_max_prob"])):
+                self._tb.scalar(tag, v, self.env_steps)
 
     def resync(self, ps_status: dict) -> None:
         """Follow the PS's counters (after it came back from a checkpoint)."""
@@ -208,13 +205,10 @@ class Reporter:
         if self._ray_metrics is not None:
             self._ray_metrics.driver_status(st["steps_per_s"] or 0.0)
         if self._tb is not None:
-            from a3c_ray.core.tflib import tf
-
-            with self._tb.as_default(step=self.env_steps):
-                tf.summary.scalar("perf/env_steps_per_s", st["steps_per_s"])
-                for k, v in st["time_split"].items():
-                    tf.summary.scalar(f"perf/worker_time_{k}", v)
-                self._write_tb_means()
+            self._tb.scalar("perf/env_steps_per_s", st["steps_per_s"], self.env_steps)
+            for k, v in st["time_split"].items():
+                self._tb.scalar(f"perf/worker_time_{k}", v, self.env_steps)
+            self._write_tb_means()
             self._tb.flush()
         mode = self.cfg.logging.console
         if mode == "json":
@@ -223,20 +217,16 @@ class Reporter:
             print(format_status(st, self.cfg), file=self.stream, flush=True)
 
     def _write_tb_means(self) -> None:
-        """Write the segment means and extremes gathered since the last call (inside
-        as_default)."""
-        from a3c_ray.core.tflib import tf
-
+        """Write the segment means and extremes gathered since the last call."""
         for tag, (total, n) in self._tb_means.items():
-            tf.summary.scalar(tag, total / n)
+            self._tb.scalar(tag, total / n, self.env_steps)
         for tag, v in self._tb_extremes.items():
-            tf.summary.scalar(tag, v)
+            self._tb.scalar(tag, v, self.env_steps)
         self._tb_means, self._tb_extremes = {}, {}
 
     def close(self) -> None:
         if self._tb is not None:
-            with self._tb.as_default(step=self.env_steps):
-                self._write_tb_means()
+            self._write_tb_means()
             self._tb.flush()
             self._tb.close()
         self.log.close()

@@ -78,19 +78,20 @@ def test_prometheus_endpoint_has_advancing_a3c_metrics(live_run):
              "ray_a3c_worker_time_seconds_total", "ray_a3c_policy_lag_bucket",
              "ray_a3c_ps_apply_seconds_bucket", "ray_a3c_learning_rate",
              "ray_a3c_rss_bytes", "ray_a3c_policy_entropy")
-    last = {"missing": names}
+    labels = ('worker="worker-0"', 'worker="worker-1"', 'worker="ps"')
+    last = {"missing": names + labels}
 
-    # Each process (PS, workers, driver) exports on its own clock: wait for all of them.
+    # Each process (PS, workers, driver) exports on its own clock: wait for all of them,
+    # every name and every process's label, so one early worker cannot stand for the rest.
     def page_with_metrics():
         text = http_get(url)
-        last["missing"] = [n for n in names if n not in text]
+        last["missing"] = [n for n in names + labels if n not in text]
         return text if not last["missing"] else None
 
     try:
         text = wait_for(page_with_metrics, 90, "a3c metrics on the endpoint")
     except AssertionError:
         raise AssertionError(f"metrics never exported: {last['missing']}") from None
-    assert 'worker="worker-0"' in text and 'worker="ps"' in text
     first = metric_sum(text, "ray_a3c_env_steps_total")
     assert first and first > 0
     # Ray's reporter pushes each process's metrics every metrics_report_interval_ms (10 s by

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.integration
 
 def test_bench_smoke_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "--env", "pong", "--seconds", "6",
-                        "--warmup", "4", "--layouts", "1x4,2x4", "--json", str(out)],
+    p = subprocess.run([sys.executable, "-m", "a3c_ray.tools.bench", "--env", "pong", "--seconds", "4",
+                        "--warmup", "3", "--layouts", "1x4,2x4", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(out.read_text())

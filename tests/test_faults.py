@@ -121,7 +121,7 @@ def test_parameter_server_killed_comes_back_from_checkpoint(tmp_path):
 def test_driver_sigkill_then_resume(tmp_path):
     run = tmp_path / "run"
     proc = start_driver(*FAST, "--total-steps", "100000", "--run-dir", str(run),
-                        "--set", "checkpoint.interval_minutes=0.1")
+                        "--set", "checkpoint.interval_minutes=0.05")
     try:
         wait_until(lambda: len(recs(run, "checkpoint")) >= 2, 240, "two checkpoints")
     finally:
@@ -332,7 +332,7 @@ def test_ps_restarted_without_the_runs_checkpoints_stops_the_run(tmp_path, lost)
     scratch, and what was saved stays as it was."""
     run = tmp_path / "run"
     proc = start_driver("--env", "CartPole-v1", "--workers", "2", "--time-limit", "5",
-                        "--run-dir", str(run), "--set", "checkpoint.interval_minutes=0.1",
+                        "--run-dir", str(run), "--set", "checkpoint.interval_minutes=0.05",
                         *FAST[6:])
     d = run / "checkpoints"
     try:

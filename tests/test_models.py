@@ -132,8 +132,9 @@ def test_measure_segment_times_both_precisions():
                                                   ("mixed_bfloat16", "shared", 16),
                                                   ("float32", "shared", 0)])
 def test_published_weights_give_the_workers_the_masters_numbers(precision, arch, lstm):
-    """The PS publishes bfloat16-computing weights as bfloat16: a worker that loads them
-    computes the logits, values and gradients of the PS's float32 copy bit for bit."""
+    """The PS publishes bfloat16-computing weights as bfloat16: a worker's copy (its
+    torso held in bfloat16 under mixed_bfloat16) that loads them computes the logits,
+    values and gradients of the PS's float32 masters bit for bit."""
     import tensorflow as tf
 
     ov = {"model.torso": "a3c", "model.conv_filters": [8, 16], "model.hidden_units": 32,
@@ -141,7 +142,9 @@ def test_published_weights_give_the_workers_the_masters_numbers(precision, arch,
     tf.keras.utils.set_random_seed(1)
     master = _net((4, 42, 42), **ov)
     tf.keras.utils.set_random_seed(2)
-    worker = _net((4, 42, 42), **ov)
+    worker = ActorCritic((4, 42, 42), 6, load_config(None, ov).model, worker=True)
+    torso_dtypes = {v.dtype for v in worker._wire_split()[0]}
+    assert torso_dtypes == (set() if precision == "float32" else {"bfloat16"})
     bits, rest = master.wire_packer()()
     assert bits.dtype == np.uint16 and rest.dtype == np.float32
     assert bits.size + rest.size == master.num_params()
@@ -158,10 +161,11 @@ def test_published_weights_give_the_workers_the_masters_numbers(precision, arch,
         with tf.GradientTape() as tape:
             logits, values = net.unroll(obs, state, starts)
             loss = tf.reduce_sum(logits) + tf.reduce_sum(values)
-        return [logits, values, *tape.gradient(loss, net.variables)]
+        out = [logits, values, *tape.gradient(loss, net.variables)]
+        return [np.asarray(tf.cast(x, tf.float32)) for x in out]
 
     for a, b in zip(numbers(master), numbers(worker)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(a, b)
     if precision != "float32":  # the torso really travels rounded: the copies differ
         assert not all(np.array_equal(m, w)
                        for m, w in zip(master.get_weights(), worker.get_weights()))

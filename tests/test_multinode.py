@@ -79,7 +79,7 @@ def test_ps_node_lost_restores_from_shared_storage(tmp_path):
         [sys.executable, "-m", "a3c_ray.driver", "--env", "CartPole-v1", "--workers", "2",
          "--address", cluster.address, "--time-limit", "5", "--run-dir", str(run),
          "--set", "workers.ps_resources={ps_node: 1}", "--set", f"checkpoint.storage={shared}",
-         "--set", "checkpoint.interval_minutes=0.1", "--set", "training.envs_per_worker=2",
+         "--set", "checkpoint.interval_minutes=0.05", "--set", "training.envs_per_worker=2",
          "--set", "logging.console_interval_seconds=2"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = shared / "run"

@@ -43,11 +43,22 @@ def _leaky_relu(x):
 _ACTIVATIONS = {"leaky_relu": _leaky_relu}
 
 
+class _Float32Init(keras.initializers.Initializer):
+    """An initializer drawn in float32 and cast to the variable's dtype (TF's QR, behind
+    Orthogonal, has no bfloat16 kernel); the same numbers as the inner one in float32."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, shape, dtype=None):
+        return keras.ops.cast(self.inner(shape, dtype="float32"), dtype or "float32")
+
+
 def _torso(x, cfg: ModelConfig, is_image: bool, dtype, prefix: str, dense: bool = True):
     if is_image:
         # Orthogonal, gain sqrt(2), as in the A2C baselines (kept for ELU and leaky ReLU): Keras'
         # Glorot default shrinks activations layer by layer.
-        init = keras.initializers.Orthogonal(gain=float(np.sqrt(2.0)))
+        init = _Float32Init(keras.initializers.Orthogonal(gain=float(np.sqrt(2.0))))
         act = _ACTIVATIONS.get(cfg.activation, cfg.activation)
         if cfg.torso in TORSO_KERNELS:
             layers = [(f, k, s, "valid")
@@ -78,15 +89,25 @@ class ActorCritic:
     RLlib's A3C): the net then carries a state per env, a float32 array
     [n, 2 * lstm_units] (h and c side by side) that is zero at an episode's start.
     Feed-forward nets have a state of width 0, so callers can treat both alike.
+
+    ``worker=True`` builds a rollout worker's copy, which never takes an optimizer step.
+    Under mixed_bfloat16 its torso holds its variables in bfloat16: the very numbers the
+    mixed layers compute with, since they cast every float32 variable to bfloat16 at
+    each call. The worker skips those casts and reads half the bytes per call, for the
+    same logits, values and gradients bit for bit (tested). The parameter server keeps
+    float32 masters for its optimizer.
     """
 
-    def __init__(self, obs_shape: tuple, n_actions: int, cfg: ModelConfig):
+    def __init__(self, obs_shape: tuple, n_actions: int, cfg: ModelConfig,
+                 worker: bool = False):
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
         self.is_image = len(obs_shape) == 3
         self.arch = cfg.arch if self.is_image else cfg.mlp_arch
         dtype, self.precision_why = resolve_precision(cfg, self.obs_shape)
         self.precision = dtype
+        if worker and dtype == "mixed_bfloat16":
+            dtype = "bfloat16"
         in_shape = (obs_shape[1], obs_shape[2], obs_shape[0]) if self.is_image else obs_shape
         seed_init = keras.initializers.Orthogonal(gain=0.01)  # small logits: uniform start
         self.lstm_units = cfg.lstm_units
@@ -271,12 +292,12 @@ class ActorCritic:
         def assign(vs, flat):
             if vs:
                 for v, part in zip(vs, tf.split(flat, [int(np.prod(v.shape)) for v in vs])):
-                    v.assign(tf.reshape(part, v.shape))
+                    v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
 
         @tf.function(input_signature=[tf.TensorSpec([n_low], tf.uint16),
                                       tf.TensorSpec([n_high], tf.float32)], autograph=False)
         def load(bits, rest):
-            assign(low, tf.cast(tf.bitcast(bits, tf.bfloat16), tf.float32))
+            assign(low, tf.bitcast(bits, tf.bfloat16))  # each variable's dtype: bf16 or f32
             assign(high, rest)
 
         def call(wire) -> None:

@@ -36,7 +36,7 @@ class RolloutWorker:
         self.rng = np.random.default_rng(self.seed)
         tf.keras.utils.set_random_seed(self.seed)
         self.envs = EnvBatch(cfg, t.envs_per_worker, self.seed)
-        self.net = ActorCritic(self.envs.obs_shape, self.envs.n_actions, cfg.model)
+        self.net = ActorCritic(self.envs.obs_shape, self.envs.n_actions, cfg.model, worker=True)
         self._load = self.net.wire_loader()
         self.key: Optional[tuple] = None  # (PS incarnation, version) of the weights held
         self.version = -1

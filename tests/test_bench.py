@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from a3c_ray.telemetry import cpu
 from conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,18 @@ def test_bench_smoke_writes_json(tmp_path):
             r["fraction_of_ale_bound"] + r["fraction_of_network_bound"])
         assert 0 <= r["ps_busy_fraction"] < 1 and r["peak_rss_mb"]["worker_max"] > 100
         assert 0 < r["driver_cpu_fraction"] < 2  # cores' worth of the driver's own CPU
+        c = r["cpu_cores"]  # the kernel's CPU accounting per process role in the window
+        assert c["workers"] > 0.2 and c["ps"] > 0 and c["driver"] > 0
+        assert sum(c[k] for k in cpu.ROLES) == pytest.approx(res["cores"], abs=0.05) \
+            or c["idle"] == 0
+        assert c["isolated_work"] == pytest.approx(res["cores"] * r["fraction_of_combined_ceiling"],
+                                                   abs=1e-3)
+        seg = r["worker_ms_per_segment"]
+        assert all(seg["wall"][k] > 0 for k in ("env", "inference", "gradient", "sync"))
+        assert all(seg["cpu"][k] > 0 for k in ("env", "inference", "gradient"))
+        assert r["ps_step_ms"]["wall"] > 0 and r["ps_step_ms"]["cpu"] > 0
+    assert p.stdout.count("cores used in") == 2
+    assert p.stdout.count("ms per segment, wall / CPU") == 2
     b = res["bounds"]
     assert b["ale_env_steps_per_s_per_core"] > 0 and b["network"]["env_steps_per_s_per_core"] > 0
     assert b["network"]["retraces"] == {"act": 1, "gradient": 1}  # fixed signatures: no retracing

@@ -152,6 +152,11 @@ def test_published_weights_give_the_workers_the_masters_numbers(precision, arch,
     # its heads on 16 units
     heads = 4 * 16 * (144 + 16 + 1) + 17 * 7 if lstm else 33 * 7
     assert rest.size == (master.num_params() if precision == "float32" else heads)
+    low, high = master._wire_split()
+    u = np.concatenate([np.asarray(v).reshape(-1) for v in low] or [np.zeros(0, np.float32)])
+    u = u.view(np.uint32)  # round to nearest even, by hand (all finite here)
+    np.testing.assert_array_equal(bits, ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16))
+    np.testing.assert_array_equal(rest, np.concatenate([np.asarray(v).reshape(-1) for v in high]))
     worker.wire_loader()((bits, rest))
 
     obs = np.random.default_rng(0).integers(0, 256, (10, 4, 42, 42), dtype=np.uint8)

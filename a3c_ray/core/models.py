@@ -265,7 +265,9 @@ class ActorCritic:
 
         A bfloat16 layer casts its float32 weights to bfloat16 (round to nearest even)
         before every use, so sending them already rounded changes no result by a bit
-        and halves their bytes; the float32 heads travel as they are.
+        and halves their bytes; the float32 heads travel as they are. XLA fuses the
+        flattening and the rounding into one pass over the weights (the same bits as
+        TF's cast, tested; about half the time of TF's separate concat and cast).
         """
         from a3c_ray.core.tflib import tf
 
@@ -275,7 +277,7 @@ class ActorCritic:
             return (tf.concat([tf.reshape(v, [-1]) for v in vs], 0) if vs
                     else tf.zeros([0], dtype))
 
-        @tf.function(input_signature=[], autograph=False)
+        @tf.function(input_signature=[], autograph=False, jit_compile=True)
         def pack():
             bits = tf.bitcast(tf.cast(flat(low, tf.float32), tf.bfloat16), tf.uint16)
             return bits, flat(high, tf.float32)

@@ -164,11 +164,11 @@ class RolloutWorker:
         t_sync = time.perf_counter()
         wait_s = 0.0 if self._last_return is None else max(
             0.0, t_sync - self._last_return - sync_s)
-        episodes, env_s, infer_s = self._rollout()
-        t_roll = time.perf_counter()
+        episodes, env_s, infer_s, cpu = self._rollout()
+        t_roll, c_roll = time.perf_counter(), time.process_time()
         T, n = self._act_buf.shape
         bootstrap = self._value(self.obs).numpy()
-        t_boot = time.perf_counter()
+        t_boot, c_boot = time.perf_counter(), time.process_time()
         t_cfg = self.cfg.training
         if self._gae:
             returns = lambda_returns(self._rew_buf, self._done_buf, self._val_buf, bootstrap,
@@ -183,7 +183,7 @@ class RolloutWorker:
             self._act_buf.reshape(-1), returns.reshape(-1), self._mask_buf.reshape(-1),
             self._state0, starts)
         flat = flat.numpy()
-        t_end = time.perf_counter()
+        t_end, c_end = time.perf_counter(), time.process_time()
         self.total_env_steps += T * n
         self._last_return = t_end
         stats = {
@@ -198,20 +198,26 @@ class RolloutWorker:
             "time": {"env": env_s, "inference": infer_s + (t_boot - t_roll),
                      "gradient": t_end - t_boot, "sync": sync_s, "wait": wait_s,
                      "total": t_end - t_sync + sync_s},
+            # the CPU this process used in each section (all its threads: the emulators'
+            # too); below the wall time above where the process waited for a core
+            "cpu": {"env": cpu["env"], "inference": cpu["inference"] + (c_boot - c_roll),
+                    "gradient": c_end - c_boot},
             "pid": os.getpid(),
             "rss_mb": peak_rss_mb(),
         }
         return flat, stats
 
-    def _rollout(self) -> tuple[list[dict], float, float]:
+    def _rollout(self) -> tuple[list[dict], float, float, dict]:
         from a3c_ray.core.tflib import tf
 
         env_s = infer_s = 0.0
+        cpu = {"env": 0.0, "inference": 0.0}
+        clock = time.process_time
         episodes: list[dict] = []
         envs = self.envs
         self._state0 = self.state.copy()
         for t in range(self._act_buf.shape[0]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), clock()
             if self._recurrent:
                 out, val, state = self._act_cf(tf.constant(self.obs), tf.constant(self.state))
                 self._val_buf[t], self.state = val.numpy(), state.numpy()
@@ -224,7 +230,7 @@ class RolloutWorker:
             probs_max = _max_prob(logits)
             self._mask_buf[t] = ~envs.forced_mask()
             actions = envs.forced_actions(actions)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), clock()
             self._obs_buf[t] = self.obs
             self._act_buf[t] = actions
             res = envs.step(actions)
@@ -240,10 +246,12 @@ class RolloutWorker:
                                  "avg_max_prob": float(self._ep_pmax[i] / max(length, 1))})
                 self._ep_pmax[i] = 0.0
             self.obs = res.obs
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), clock()
             infer_s += t1 - t0
             env_s += t2 - t1
-        return episodes, env_s, infer_s
+            cpu["inference"] += c1 - c0
+            cpu["env"] += c2 - c1
+        return episodes, env_s, infer_s, cpu
 
     def close(self) -> None:
         self.envs.close()

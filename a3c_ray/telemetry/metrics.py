@@ -71,6 +71,7 @@ class Reporter:
                        env_steps=self.env_steps, losses=stats["losses"],
                        grad_norm=round(stats.get("grad_norm", 0.0), 5),
                        time={k: round(v, 5) for k, v in stats["time"].items()},
+                       cpu={k: round(v, 5) for k, v in (stats.get("cpu") or {}).items()},
                        rss_mb=stats.get("rss_mb"), pid=stats.get("pid"),
                        node=stats.get("node"), aggregator=stats.get("aggregator"),
                        incarnation=stats.get("incarnation"))
@@ -99,7 +100,7 @@ class Reporter:
                        grad_norm=_r(rec.get("grad_norm"), 5),
                        apply_s=_r(rec.get("apply_s"), 5), fetch_s=_r(rec.get("fetch_s"), 5),
                        publish_s=_r(rec.get("publish_s"), 5), step_s=_r(rec.get("step_s"), 5),
-                       rss_mb=rec.get("rss_mb"))
+                       step_cpu_s=_r(rec.get("step_cpu_s"), 5), rss_mb=rec.get("rss_mb"))
         if self._tb is not None:
             values = {"train/lr": rec.get("lr", 0.0),
                       "train/gradients_per_step": rec.get("k_applied", 0),

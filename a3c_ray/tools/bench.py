@@ -7,8 +7,10 @@ against double-buffered: see ``rollout.py``.)
 Runs the real service (parameter server, rollout workers, driver loop on Ray)
 for a warm-up plus a measured window, for one or several layouts
 (workers x envs per worker), and reports env steps/s, frames/s, updates/s,
-policy lag (median, p95), the time split inside workers, the PS busy fraction
-and peak memory. In the same run it measures two bounds on this machine -- the
+policy lag (median, p95), the time split inside workers, the PS busy fraction,
+peak memory, and the cores' worth of CPU each kind of process used and the idle
+rest (``telemetry/cpu.py``: the kernel's accounting, so time spent waiting for a
+core is not counted as work). In the same run it measures two bounds on this machine -- the
 raw emulator rate and the network's compute rate, per core -- and prints the
 service's throughput as a fraction of each, so a result means the same on any
 machine.
@@ -28,6 +30,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.config import Config, ConfigError, load_config
+from ..telemetry.cpu import CpuSampler
 
 
 def _median_rate(fn, seconds: float, per_call: int) -> float:
@@ -89,7 +92,11 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
         "logging.console_interval_seconds": 2.0,  # status records (driver CPU) in the window
         "checkpoint.interval_minutes": 0.0})
     t0 = time.time()
-    train(cfg)
+    sampler = CpuSampler().start()
+    try:
+        train(cfg)
+    finally:
+        sampler.stop()
     h = read_run(run_dir)
     lo = h.starts[0]["t"] + warmup
     segs = [r for r in h.of("segment") if r["t"] >= lo]
@@ -99,9 +106,10 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
     steps = len(segs) * cfg.training.t_max * envs
     ups = [r for r in h.of("update") if r["t"] >= lo]
     lags = [lag for r in ups for lag in (r.get("lags") or [])]
-    split = {k: float(sum(r["time"].get(k, 0.0) for r in segs)) for k in
-             ("env", "inference", "gradient", "sync", "wait")}
+    split = {k: float(sum(r["time"].get(k, 0.0) for r in segs)) for k in SECTIONS}
     tot = sum(split.values()) or 1.0
+    per_segment = {"wall": _mean_ms(segs, "time", SECTIONS),
+                   "cpu": _mean_ms(segs, "cpu", SECTIONS[:3])}
     cpu = [r["driver_cpu"] for r in h.of("status") if r["t"] >= lo
            and r.get("driver_cpu") is not None]
     return {
@@ -116,14 +124,35 @@ def run_layout(cfg: Config, workers: int, envs: int, seconds: float, warmup: flo
         "policy_lag_p95": float(np.percentile(lags, 95)) if lags else None,
         "worker_time_split": {k: round(v / tot, 3) for k, v in split.items()},
         "ps_busy_fraction": sum(r.get("step_s") or 0.0 for r in ups) / window,
+        # a worker's mean milliseconds per segment and section, wall and CPU (where the
+        # CPU is below the wall time, the process waited for a core)
+        "worker_ms_per_segment": per_segment,
+        "ps_step_ms": {"wall": _mean_ms(ups, None, ("step_s",))["step_s"],
+                       "cpu": _mean_ms(ups, None, ("step_cpu_s",))["step_cpu_s"]},
         # cores' worth of CPU the driver process used (median over status intervals)
         "driver_cpu_fraction": float(np.median(cpu)) if cpu else None,
         "peak_rss_mb": {"worker_max": max((r.get("rss_mb") or 0) for r in segs) if segs else None,
                         "ps": max((r.get("rss_mb") or 0) for r in ups) if ups else None},
         "object_store_mb_max": max(((r.get("object_store_mb") or 0) for r in h.of("status")),
                                    default=None),
+        # cores' worth of CPU per process role in the window, and the idle rest
+        "cpu_cores": sampler.budget(lo, hi, os.cpu_count() or 1),
         "wall_s": round(time.time() - t0, 1),
     }
+
+
+SECTIONS = ("env", "inference", "gradient", "sync", "wait")
+
+
+def _mean_ms(records: list, field: Optional[str], keys: tuple) -> dict:
+    """Mean milliseconds of each key over the records that have it (record[field][key],
+    or record[key] without a field); None where none has it."""
+    out = {}
+    for k in keys:
+        vals = [(r.get(field) or {}).get(k) if field else r.get(k) for r in records]
+        vals = [v for v in vals if v is not None]
+        out[k] = round(1000 * float(np.mean(vals)), 3) if vals else None
+    return out
 
 
 def combined_bounds(ale_per_core: float, net: dict, cores: int) -> dict:
@@ -222,12 +251,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                     b["network_env_steps_per_s"])
                 res["fraction_of_combined_ceiling"] = (res["env_steps_per_s"] /
                                                        b["combined_env_steps_per_s"])
+                if res["cpu_cores"]:
+                    res["cpu_cores"]["isolated_work"] = round(
+                        res["fraction_of_combined_ceiling"] * cores, 3)
             result["layouts"].append(res)
             ray.shutdown()
     best = max(result["layouts"], key=lambda r: r["env_steps_per_s"])
     result["env_steps_per_s"] = best["env_steps_per_s"]
     result["best_layout"] = f"{best['workers']}x{best['envs_per_worker']}"
     print(format_table(result))
+    for r in result["layouts"]:
+        print(f"{r['workers']}x{r['envs_per_worker']}: {format_costs(r)}")
+        if r["cpu_cores"]:
+            print(f"{r['workers']}x{r['envs_per_worker']}: {format_cores(r['cpu_cores'])}")
     if "bounds" in result:
         print(f"headline: {best['env_steps_per_s']:,.0f} env steps/s "
               f"({result['best_layout']}) = {best['fraction_of_combined_ceiling']:.0%} of the "
@@ -275,6 +311,36 @@ def format_table(result: dict) -> str:
             f"{s['wait']:.2f} | {r['ps_busy_fraction']:.0%} | "
             f"{_pct(r.get('driver_cpu_fraction'))} |")
     return "\n".join(rows)
+
+
+def format_costs(r: dict) -> str:
+    """One line: a worker's milliseconds per segment by section, wall / CPU, and the PS's
+    per step."""
+    w, c = r["worker_ms_per_segment"]["wall"], r["worker_ms_per_segment"]["cpu"]
+
+    def ms(x):
+        return "n/a" if x is None else f"{x:.1f}"
+
+    parts = [f"{k} {ms(w[k])} / {ms(c[k])}" for k in ("env", "inference", "gradient")]
+    parts += [f"{k} {ms(w[k])}" for k in ("sync", "wait")]
+    ps = r["ps_step_ms"]
+    return (f"ms per segment, wall / CPU: {', '.join(parts)}; PS step {ms(ps['wall'])} / "
+            f"{ms(ps['cpu'])}")
+
+
+def format_cores(c: dict) -> str:
+    """One line: where the cores went in the window, by process role. With the bounds,
+    the workers' share splits into the work the ceiling counts (the emulator and the
+    network at their cost alone on a core) and the rest."""
+    work = c.get("isolated_work")
+    workers = (f"workers {c['workers']:.2f} (of it {work:.2f} the ceiling's work, "
+               f"{c['workers'] - work:.2f} more)" if work is not None
+               else f"workers {c['workers']:.2f}")
+    rest = ", ".join(f"{label} {c[k]:.2f}" for k, label in (
+        ("ps", "PS"), ("aggregators", "aggregators"), ("driver", "driver"),
+        ("raylet_gcs", "raylet+GCS"), ("ray_other", "other Ray"), ("other", "other"),
+        ("idle", "idle")))
+    return f"cores used in {c['window_s']:.0f} s: {workers}, {rest}"
 
 
 if __name__ == "__main__":

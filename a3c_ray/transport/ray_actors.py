@@ -55,7 +55,7 @@ class ParameterServerActor:
 
     def apply(self, parts: list) -> dict:
         """One step on [(gradient ref, meta)]: the refs arrive unresolved, fetched here."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         grads = ray.get([ref for ref, _ in parts])
         t1 = time.perf_counter()
         rec = self.ps.apply(grads, [m for _, m in parts])
@@ -63,7 +63,9 @@ class ParameterServerActor:
         t2 = time.perf_counter()
         handle = self._handle()
         rec = {**rec, "fetch_s": t1 - t0, "publish_s": time.perf_counter() - t2,
-               "step_s": time.perf_counter() - t0}
+               "step_s": time.perf_counter() - t0,
+               # this process's CPU in the step (Ray's own threads in it too)
+               "step_cpu_s": time.process_time() - c0}
         self.ps.last = rec
         self.metrics.ps_update(rec)
         return {**handle, "ps": rec}

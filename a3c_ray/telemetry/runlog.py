@@ -59,6 +59,7 @@ class SegmentRecord(Record, total=False):
     losses: dict            # policy, value, entropy
     grad_norm: Optional[float]
     time: dict              # seconds: env, inference, gradient, sync, wait, total
+    cpu: dict               # CPU seconds of the worker's process: env, inference, gradient
     rss_mb: float
     pid: int
     node: str
@@ -79,6 +80,7 @@ class UpdateRecord(Record, total=False):
     fetch_s: float
     publish_s: float
     step_s: float
+    step_cpu_s: float       # the PS process's CPU seconds in the step
     rss_mb: float
 
 
